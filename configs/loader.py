@@ -1,0 +1,264 @@
+"""YAML presets + `key=value` overrides -> a validated, frozen `Config`.
+
+Everything a user types is checked here, before any device is touched: unknown keys (with
+the closest valid key suggested), wrong types, impossible values. Errors are `ConfigError`,
+a one-line message naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.resources
+import typing
+from pathlib import Path
+
+import yaml
+
+from meshtron.configs.schema import CHOICES, FAMILY_DEFAULTS, SECTION_CLASSES, Config
+
+
+class ConfigError(ValueError):
+    """A config problem a user can fix; its message is one line naming the key."""
+
+
+def preset_names() -> list[str]:
+    """Names of the YAML presets shipped in configs/."""
+    root = importlib.resources.files("meshtron.configs")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, origin: str) -> dict:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{origin}{where}: YAML syntax error ({problem}); fix the file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: a config file must be a mapping of sections (model:, train:, ...)")
+    return data
+
+
+def read_config_source(name_or_path: str) -> tuple[dict, str]:
+    """The raw mapping of a preset name or a YAML path, and the config's name."""
+    path = Path(name_or_path)
+    if name_or_path.endswith((".yaml", ".yml")) or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"--config {name_or_path}: no such file; give a YAML path or a preset "
+                              f"({', '.join(preset_names())})")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--config {name_or_path}: cannot read it ({e.__class__.__name__})") from None
+        return _read_yaml(text, str(path)), path.stem
+    names = preset_names()
+    if name_or_path not in names:
+        close = difflib.get_close_matches(name_or_path, names, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"presets: {', '.join(names)}"
+        raise ConfigError(f"--config {name_or_path}: unknown preset; {hint}")
+    text = importlib.resources.files("meshtron.configs").joinpath(name_or_path + ".yaml").read_text()
+    return _read_yaml(text, f"preset {name_or_path}"), name_or_path
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    """'train.lr=3e-4' -> ('train.lr', '3e-4' parsed as YAML scalar)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}': expected key=value, for example train.steps=100")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in SECTION_CLASSES.items() for f in dataclasses.fields(cls)]
+
+
+def _unknown_key(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.5)
+    if not close:  # a typo in the section name: match on the field name alone
+        field_name = key.rpartition(".")[2]
+        close = [k for k in _all_keys() if k.rpartition(".")[2] == field_name][:1]
+    hint = f"did you mean '{close[0]}'?" if close else "see `meshtron train --help` for the keys"
+    return ConfigError(f"unknown config key '{key}'; {hint}")
+
+
+def _flatten(raw: dict, origin: str) -> dict[str, object]:
+    flat = {}
+    for section, body in raw.items():
+        if section == "name":
+            continue
+        if section not in SECTION_CLASSES:
+            raise _unknown_key(str(section))
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{origin}: section '{section}' must be a mapping of keys, got {type(body).__name__}")
+        for k, v in body.items():
+            flat[f"{section}.{k}"] = v
+    return flat
+
+
+def _coerce(key: str, value: object, annotation) -> object:
+    """Check `value` against the field's type; accept what YAML reads as a string for numbers."""
+    # schema.py uses `from __future__ import annotations`: field types are strings like "int | None".
+    optional = "None" in annotation
+    base = annotation.replace("| None", "").strip()
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config key '{key}' cannot be null; give a {base}")
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if base == "int":
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}") from None
+        if not number.is_integer():
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return int(number)
+    if base == "float":
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
+        return number
+    if base == "str":
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"config key '{key}' must be a string, got a {type(value).__name__}")
+        return str(value)
+    raise AssertionError(f"unhandled type {annotation} for {key}")
+
+
+def build_config(flat: dict[str, object], name: str = "custom") -> Config:
+    """Typed, resolved and validated Config from a flat {'section.key': value} mapping."""
+    sections: dict[str, dict] = {s: {} for s in SECTION_CLASSES}
+    for key, value in flat.items():
+        section, _, field_name = key.partition(".")
+        cls = SECTION_CLASSES.get(section)
+        fields = {f.name: f for f in dataclasses.fields(cls)} if cls else {}
+        if field_name not in fields:
+            raise _unknown_key(key)
+        choices = CHOICES.get(key)
+        value = _coerce(key, value, fields[field_name].type)
+        if choices and value not in choices and value is not None:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(f"config key '{key}' = {value!r} is not one of {', '.join(choices)}; {hint}".rstrip("; ").rstrip())
+        sections[section][field_name] = value
+    model = sections["model"]
+    family = model.get("family", "gpt2")
+    for k, v in FAMILY_DEFAULTS[family].items():
+        if model.get(k) is None:
+            model[k] = v
+    config = Config(**{s: SECTION_CLASSES[s](**v) for s, v in sections.items()}, name=name)
+    validate(config)
+    return config
+
+
+def load_config(name_or_path: str = "tiny", overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a preset name or YAML path, apply `key=value` overrides, validate."""
+    raw, name = read_config_source(name_or_path)
+    flat = _flatten(raw, name)
+    for item in overrides:
+        key, value = parse_override(item)
+        flat[key] = value
+    return build_config(flat, name)
+
+
+def config_to_dict(config: Config) -> dict:
+    """Nested plain-dict form of a Config (what config.yaml in a run directory holds)."""
+    out = {s: dataclasses.asdict(getattr(config, s)) for s in SECTION_CLASSES}
+    out["name"] = config.name
+    return out
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Inverse of config_to_dict, validated."""
+    raw = dict(raw)
+    name = raw.pop("name", "custom")
+    return build_config(_flatten(raw, "config"), str(name))
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def validate(config: Config) -> None:
+    """Reject impossible values with a one-line message naming the key and the fix."""
+    m, p, t, d, c = config.model, config.parallel, config.train, config.data, config.checkpoint
+    for key in ("n_layers", "d_model", "n_heads", "vocab_size", "seq_len", "vocab_multiple"):
+        _require(getattr(m, key) > 0, f"model.{key}", f"must be positive, got {getattr(m, key)}")
+    for key in ("n_kv_heads", "head_dim", "d_ff"):
+        value = getattr(m, key)
+        _require(value is None or value > 0, f"model.{key}", f"must be positive (or unset), got {value}")
+    if m.head_dim is None:
+        _require(m.d_model % m.n_heads == 0, "model.n_heads",
+                 f"{m.n_heads} heads do not divide d_model={m.d_model}; pick a divisor or set model.head_dim")
+    _require(m.n_heads % m.kv_heads == 0, "model.n_kv_heads",
+             f"{m.kv_heads} kv heads do not divide n_heads={m.n_heads}; use a divisor of n_heads")
+    if m.position == "rope":
+        _require(m.dim_per_head % 2 == 0, "model.head_dim", f"rotary positions need an even head_dim, got {m.dim_per_head}")
+    _require(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+    _require(m.norm_eps > 0, "model.norm_eps", f"must be positive, got {m.norm_eps}")
+    _require(m.rope_theta > 0, "model.rope_theta", f"must be positive, got {m.rope_theta}")
+    _require(m.init_std > 0, "model.init_std", f"must be positive, got {m.init_std}")
+    _require(m.logits_chunk >= 0, "model.logits_chunk", f"must be >= 0, got {m.logits_chunk}")
+    if m.logits_chunk:
+        _require(m.seq_len % m.logits_chunk == 0, "model.logits_chunk",
+                 f"{m.logits_chunk} does not divide seq_len={m.seq_len}; use a divisor or 0")
+
+    _require(p.replica >= 1, "parallel.replica", f"must be >= 1, got {p.replica}")
+    _require(p.data == -1 or p.data >= 1, "parallel.data", f"must be >= 1 or -1 (use the remaining devices), got {p.data}")
+    _require(p.tensor >= 1, "parallel.tensor", f"must be >= 1, got {p.tensor}")
+    _require(p.zero_stage in (0, 1, 2, 3), "parallel.zero_stage", f"must be 0, 1, 2 or 3, got {p.zero_stage}")
+    for key in ("heads", "kv_heads"):
+        n = m.n_heads if key == "heads" else m.kv_heads
+        _require(n % p.tensor == 0, "parallel.tensor",
+                 f"tensor degree {p.tensor} does not divide model.n_{key}={n}; use a divisor of it")
+    _require(m.ff_dim % p.tensor == 0, "parallel.tensor",
+             f"tensor degree {p.tensor} does not divide the MLP width {m.ff_dim}; use a divisor or change model.d_ff")
+
+    for key in ("steps", "batch_size", "grad_accum", "log_every", "eval_batches", "max_bad_steps"):
+        _require(getattr(t, key) > 0, f"train.{key}", f"must be positive, got {getattr(t, key)}")
+    for key in ("warmup_steps", "eval_every", "sample_tokens"):
+        _require(getattr(t, key) >= 0, f"train.{key}", f"must be >= 0, got {getattr(t, key)}")
+    _require(t.batch_size % t.grad_accum == 0, "train.grad_accum",
+             f"{t.grad_accum} micro-batches do not divide train.batch_size={t.batch_size}; use a divisor")
+    _require(t.lr > 0, "train.lr", f"must be positive, got {t.lr}")
+    _require(0.0 <= t.min_lr_ratio <= 1.0, "train.min_lr_ratio", f"must be in [0, 1], got {t.min_lr_ratio}")
+    _require(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    for key in ("beta1", "beta2"):
+        _require(0.0 <= getattr(t, key) < 1.0, f"train.{key}", f"must be in [0, 1), got {getattr(t, key)}")
+    _require(t.eps > 0, "train.eps", f"must be positive, got {t.eps}")
+    _require(t.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 disables clipping), got {t.grad_clip}")
+    _require(t.seed >= 0, "train.seed", f"must be >= 0, got {t.seed}")
+
+    _require(bool(d.source.strip()), "data.source", "is empty; give stdlib, a text file or folder, or tfds:NAME")
+    _require(0.0 < d.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")
+    _require(d.tokenizer_chars > 0, "data.tokenizer_chars", f"must be positive, got {d.tokenizer_chars}")
+    _require(d.max_documents >= 0, "data.max_documents", f"must be >= 0, got {d.max_documents}")
+    _require(d.prefetch >= 0, "data.prefetch", f"must be >= 0, got {d.prefetch}")
+    _require(c.every >= 0, "checkpoint.every", f"must be >= 0 (0: only at the end), got {c.every}")
+    _require(c.keep >= 1, "checkpoint.keep", f"must be >= 1, got {c.keep}")

@@ -1,0 +1,191 @@
+"""The few collective operations model code calls, in terms of logical axes only.
+
+Meshtron runs a sharded step as one `jax.shard_map` over the whole mesh: every device
+executes the model on its own shards, and the communication is exactly what is written
+here (Megatron's operators for the tensor axis, ZeRO's for the data axis). Outside a
+sharded step (one device, generation, tests) no layout is active and each helper is the
+identity, so the model reads as plain single-device code.
+
+The active `Layout` maps logical axis names (`heads`, `mlp`, `vocab`, `embed`, ...) to the
+mesh axes that split them; it is set by `parallel.step` while tracing a sharded function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+ZERO3_GATHERED = "zero3_gathered"  # name of gathered ZeRO-3 parameters: never saved for backward
+# Never saved for the backward pass: gathers, and the cheap casts and layout changes that may
+# be applied to gathered weights (a saved copy of those would be the whole weight again).
+_NEVER_SAVED = ("all_gather", "all_gather_invariant", "pvary", "convert_element_type", "transpose",
+                "reshape", "broadcast_in_dim", "copy", "copy_p", "squeeze", "expand_dims")
+
+
+def never_save_gathered(policy):
+    """Wrap a remat policy so ZeRO-3's all-gathered weights are recomputed (re-gathered) in the
+    backward pass, never kept: keeping them would hold the whole model on every device."""
+    def wrapped(prim, *args, **params):
+        if prim.name in _NEVER_SAVED or (params.get("name") == ZERO3_GATHERED):
+            return False
+        return policy(prim, *args, **params)
+    return wrapped
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which mesh axes split each logical axis of parameters, inside a sharded step."""
+
+    params: dict = field(default_factory=dict)  # logical name -> tuple of mesh axes (storage of parameters)
+    compute: dict = field(default_factory=dict)  # logical name -> mesh axes while computing (tensor only)
+    data_axes: tuple = ()  # mesh axes the batch is split over
+    axis_sizes: dict = field(default_factory=dict)  # mesh axis -> size
+    gather_dtype: object = None  # ZeRO-3 gathers weights already cast to the compute dtype
+
+    @property
+    def gathers_params(self) -> bool:
+        """True under ZeRO-3: some parameter axis is stored split but computed whole."""
+        return any(set(axes) - set(self.compute.get(name, ())) for name, axes in self.params.items())
+
+    def mesh_axes(self, *logical: str) -> tuple:
+        """Mesh axes that split any of these logical axes while computing."""
+        axes = []
+        for name in logical:
+            for axis in self.compute.get(name, ()):
+                if axis not in axes:
+                    axes.append(axis)
+        return tuple(axes)
+
+
+_ACTIVE: contextvars.ContextVar[Layout | None] = contextvars.ContextVar("meshtron_layout", default=None)
+
+
+@contextlib.contextmanager
+def active_layout(layout: Layout):
+    """Make `layout` the one the helpers below use while tracing a sharded function."""
+    token = _ACTIVE.set(layout)
+    try:
+        yield layout
+    finally:
+        _ACTIVE.reset(token)
+
+
+def current_layout() -> Layout | None:
+    """The layout of the sharded function being traced, or None."""
+    return _ACTIVE.get()
+
+
+def sum_over(x: jax.Array, *logical: str) -> jax.Array:
+    """Sum partial results over the devices that split `logical` (Megatron's row-parallel all-reduce)."""
+    layout = _ACTIVE.get()
+    if layout is None:
+        return x
+    axes = layout.mesh_axes(*logical)
+    per_name = {layout.mesh_axes(n) for n in logical}
+    if len(per_name) > 1:
+        raise ValueError(f"cannot add partial sums split over different mesh axes: {logical}")
+    return jax.lax.psum(x, axes) if axes else x
+
+
+def vocab_offset(local_rows: int) -> jax.Array | int:
+    """Index of the first vocabulary row held by this device."""
+    layout = _ACTIVE.get()
+    axes = layout.mesh_axes("vocab") if layout else ()
+    if not axes:
+        return 0
+    return jax.lax.axis_index(axes) * local_rows
+
+
+def embedding_lookup(table: jax.Array, ids: jax.Array) -> jax.Array:
+    """Rows `ids` of a (vocab, embed) table that may be split over devices by vocabulary.
+
+    Each device looks up the ids it holds, zeros the rest, and one all-reduce assembles
+    the result: Megatron's vocab-parallel embedding (one all-reduce of b*s*h, no gather
+    of the table).
+    """
+    layout = _ACTIVE.get()
+    axes = layout.mesh_axes("vocab") if layout else ()
+    if not axes:
+        return jnp.take(table, ids, axis=0)
+    rows = table.shape[0]
+    local = ids - vocab_offset(rows)
+    inside = (local >= 0) & (local < rows)
+    out = jnp.take(table, jnp.where(inside, local, 0), axis=0)
+    out = jnp.where(inside[..., None], out, jnp.zeros((), out.dtype))
+    return jax.lax.psum(out, axes)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, vocab_size: int) -> jax.Array:
+    """Per-token next-token loss from logits that may be split over devices by vocabulary.
+
+    logits: (..., V_local) in float32, targets: (...) int. Padded vocabulary rows (ids >=
+    vocab_size) never count. The full logits are never gathered: only (...)-shaped max, sum
+    and target values cross devices.
+    """
+    layout = _ACTIVE.get()
+    axes = layout.mesh_axes("vocab") if layout else ()
+    rows = logits.shape[-1]
+    ids = vocab_offset(rows) + jnp.arange(rows)
+    logits = jnp.where(ids < vocab_size, logits, -jnp.inf)
+    local_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    top = jax.lax.pmax(local_max, axes) if axes else local_max
+    shifted = logits - top
+    sum_exp = jnp.sum(jnp.exp(shifted), axis=-1)
+    target_logit = jnp.sum(jnp.where(ids == targets[..., None], shifted, 0.0), axis=-1)
+    if axes:
+        sum_exp = jax.lax.psum(sum_exp, axes)
+        target_logit = jax.lax.psum(target_logit, axes)
+    return jnp.log(sum_exp) - target_logit
+
+
+def data_index() -> jax.Array | int:
+    """This device's position along the batch axes (0 outside a sharded step); seeds dropout."""
+    layout = _ACTIVE.get()
+    if layout is None or not layout.data_axes:
+        return 0
+    return jax.lax.axis_index(layout.data_axes)
+
+
+def gathered(module):
+    """`module` with its ZeRO-3-partitioned parameters all-gathered (itself when none are)."""
+    layout = _ACTIVE.get()
+    if layout is None or not layout.gathers_params:
+        return module
+    from flax import nnx
+
+    graphdef, state = nnx.split(module)
+    return nnx.merge(graphdef, gather_params(state))
+
+
+def gather_params(tree):
+    """ZeRO-3: all-gather the parameters of `tree` that are split over the data axis.
+
+    Called by the model right before a block (or the embedding) is used, so only one
+    block's full parameters exist at a time. The transpose of this all-gather is a
+    reduce-scatter: gradients come back already partitioned. The gathered values are
+    named so remat policies recompute them in the backward pass instead of keeping them.
+    """
+    layout = _ACTIVE.get()
+    if layout is None:
+        return tree
+    from flax import nnx
+
+    def gather(variable):
+        names = variable.get_metadata().get("out_sharding") or ()
+        value = variable[...]
+        if layout.gather_dtype is not None and any(
+                set(layout.params.get(n, ())) - set(layout.compute.get(n, ())) for n in names):
+            value = value.astype(layout.gather_dtype)
+        for dim, name in enumerate(names):
+            axes = tuple(a for a in layout.params.get(name, ()) if a not in layout.compute.get(name, ()))
+            if axes:
+                value = jax.lax.all_gather(value, axes, axis=dim, tiled=True)
+                value = checkpoint_name(value, ZERO3_GATHERED)
+        return variable.replace(value)
+
+    return jax.tree.map(gather, tree, is_leaf=lambda v: isinstance(v, nnx.Variable))

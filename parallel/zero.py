@@ -1,0 +1,144 @@
+"""ZeRO over the data axis, written as explicit collectives inside the sharded step.
+
+Per step and device, for Ψ parameters and data-parallel degree N (ring volumes, times (N-1)/N):
+
+stage 0  gradients all-reduced over data (2Ψ); every device updates the whole model.
+stage 1  gradients reduce-scattered once per step (Ψ); each device updates its 1/N of the
+         optimizer state and parameters; updated parameters all-gathered (Ψ).
+stage 2  as stage 1, but the reduce-scatter follows every micro-batch, so only 1/N of the
+         gradient is ever accumulated.
+stage 3  parameters stay partitioned; each block all-gathers its weights when used, in the
+         forward and again in the backward (2Ψ), whose transpose reduce-scatters the
+         gradients (Ψ).
+
+With hybrid sharding the `replica` axis then all-reduces the partitioned gradients (stages
+1-3) across replica groups. Tensors with no `embed` axis (biases) stay whole and are
+all-reduced. The tensor axis never carries parameter gradients: Megatron slicing keeps
+every weight's gradient on the device that holds the weight.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax._src.lax.parallel import all_gather_invariant  # Varying -> Invariant all-gather (no public alias yet)
+
+from meshtron.parallel.rules import ZERO_AXIS, Rules, partition_spec, zero_dim
+
+_is_variable = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
+
+
+def logical_names(variable: nnx.Variable) -> tuple:
+    """The logical axis names a parameter was created with."""
+    return tuple(variable.get_metadata().get("out_sharding") or ())
+
+
+def map_variables(fn, tree, *rest):
+    """fn(names, value, *rest_values) -> new value, for every nnx.Variable of `tree` (same structure in rest)."""
+    def apply(variable, *others):
+        return variable.replace(fn(logical_names(variable), variable[...], *(o[...] for o in others)))
+    return jax.tree.map(apply, tree, *rest, is_leaf=_is_variable)
+
+
+def specs(tree, table: dict):
+    """PartitionSpec for every leaf: parameters (and optimizer moments shaped like them) by their
+    logical names under `table`; anything else (step counters) replicated."""
+    def spec(x):
+        return partition_spec(logical_names(x), table) if _is_variable(x) else jax.sharding.PartitionSpec()
+    return jax.tree.map(spec, tree, is_leaf=_is_variable)
+
+
+def varying_axes(x) -> frozenset:
+    """Mesh axes over which `x` differs between devices (inside shard_map)."""
+    aval = jax.typeof(x)
+    vma = getattr(aval, "vma", None)
+    return frozenset(vma if vma is not None else aval.mat.varying)
+
+
+def make_varying(x, axes: tuple):
+    """Mark `x` as differing over `axes` (of size > 1), so gradients taken with respect to it stay
+    per-device."""
+    missing = tuple(a for a in axes if a not in varying_axes(x) and jax.lax.axis_size(a) > 1)
+    return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+
+def zeros_like_shard(reference, shape: tuple):
+    """Zeros of `shape` with the same per-device variation as `reference` (for scan carries)."""
+    return make_varying(jnp.zeros(shape, reference.dtype), tuple(sorted(varying_axes(reference))))
+
+
+def grad_shard_shape(names: tuple, shape: tuple, rules: Rules, data_size: int) -> tuple:
+    """Per-device shape of a gradient after ZeRO's reduce-scatter (stage >= 2) or as computed."""
+    dim = zero_dim(names)
+    if dim is None or rules.zero_stage < 2:
+        return shape
+    return shape[:dim] + (shape[dim] // data_size,) + shape[dim + 1:]
+
+
+def reduce_over_data(grads, rules: Rules):
+    """Sum per-device gradients over `data`: all-reduce (stage 0, and tensors ZeRO leaves whole),
+    reduce-scatter along the ZeRO dim (stages 1-2), nothing more for stage 3 (the transpose of its
+    all-gather already reduce-scattered them)."""
+    stage = rules.zero_stage
+
+    def reduce(names, g):
+        dim = zero_dim(names)
+        if dim is None or stage == 0:
+            return jax.lax.psum(g, ZERO_AXIS)
+        if stage in (1, 2):
+            return jax.lax.psum_scatter(g, ZERO_AXIS, scatter_dimension=dim, tiled=True)
+        return g
+
+    return map_variables(reduce, grads)
+
+
+def reduce_over_replicas(grads):
+    """Hybrid sharding: sum the (partitioned) gradients across replica groups."""
+    if jax.lax.axis_size("replica") == 1:
+        return grads
+    return map_variables(lambda names, g: jax.lax.psum(g, "replica"), grads)
+
+
+def global_norm(grads, table: dict) -> jax.Array:
+    """L2 norm of the whole gradient from per-device shards laid out by `table`: each tensor's
+    squares are summed over exactly the mesh axes that split it, so replicated tensors count once."""
+    groups: dict[tuple, jax.Array] = {}
+
+    def collect(names, g):
+        axes = tuple(a for a in partition_spec(names, table) if a is not None)
+        flat = tuple(sorted({ax for entry in axes for ax in (entry if isinstance(entry, tuple) else (entry,))}))
+        groups[flat] = groups.get(flat, 0.0) + jnp.sum(jnp.square(g.astype(jnp.float32)))
+        return g
+
+    map_variables(collect, grads)
+    total = sum(jax.lax.psum(v, axes) if axes else v for axes, v in groups.items())
+    return jnp.sqrt(total)
+
+
+def local_update_shard(params, rules: Rules):
+    """Stages 1-2: this device's 1/N slice (along the ZeRO dim) of parameters held whole."""
+    if rules.zero_stage not in (1, 2):
+        return params
+    index = jax.lax.axis_index(ZERO_AXIS)
+
+    def slice_(names, p):
+        dim = zero_dim(names)
+        if dim is None:
+            return p
+        size = p.shape[dim] // jax.lax.axis_size(ZERO_AXIS)
+        return jax.lax.dynamic_slice_in_dim(p, index * size, size, axis=dim)
+
+    return map_variables(slice_, params)
+
+
+def gather_updated(params, rules: Rules):
+    """Stages 1-2: all-gather the updated slices back into whole parameters."""
+    if rules.zero_stage not in (1, 2):
+        return params
+
+    def gather(names, p):
+        dim = zero_dim(names)
+        return p if dim is None else all_gather_invariant(p, ZERO_AXIS, axis=dim, tiled=True)
+
+    return map_variables(gather, params)

@@ -1,0 +1,1 @@
+"""The `meshtron` command line and scripts."""

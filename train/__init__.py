@@ -1,0 +1,1 @@
+"""Data, tokenizer, train step and loop, checkpoints, export, scaling report."""
