@@ -1,10 +1,10 @@
 """Config schema, YAML presets and the loader that validates them."""
 
-from meshtron.configs.loader import (ConfigError, build_config, config_from_dict, config_to_dict, load_config,
+from meshtron.configs.loader import (ConfigError, UserError, build_config, config_from_dict, config_to_dict, load_config,
                                      parse_override, preset_names)
 from meshtron.configs.schema import (CheckpointConfig, Config, DataConfig, ModelConfig, ParallelConfig,
                                      TrainConfig)
 
 __all__ = ["CheckpointConfig", "Config", "ConfigError", "DataConfig", "ModelConfig", "ParallelConfig",
-           "TrainConfig", "build_config", "config_from_dict", "config_to_dict", "load_config", "parse_override",
+           "TrainConfig", "UserError", "build_config", "config_from_dict", "config_to_dict", "load_config", "parse_override",
            "preset_names"]

@@ -18,7 +18,11 @@ import yaml
 from meshtron.configs.schema import CHOICES, FAMILY_DEFAULTS, SECTION_CLASSES, Config
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """A problem the user can fix (bad input, missing file); the CLI prints it as one line, exit 2."""
+
+
+class ConfigError(UserError):
     """A config problem a user can fix; its message is one line naming the key."""
 
 
@@ -64,17 +68,16 @@ def read_config_source(name_or_path: str) -> tuple[dict, str]:
     return _read_yaml(text, f"preset {name_or_path}"), name_or_path
 
 
+class _Typed(str):
+    """Text typed on the command line: parsed as YAML for typed keys, kept verbatim for strings."""
+
+
 def parse_override(item: str) -> tuple[str, object]:
-    """'train.lr=3e-4' -> ('train.lr', '3e-4' parsed as YAML scalar)."""
+    """'train.lr=3e-4' -> ('train.lr', text to be typed by the key's declared type)."""
     if "=" not in item:
         raise ConfigError(f"override '{item}': expected key=value, for example train.steps=100")
     key, _, raw = item.partition("=")
-    key = key.strip()
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key, value
+    return key.strip(), _Typed(raw)
 
 
 def _all_keys() -> list[str]:
@@ -111,6 +114,13 @@ def _coerce(key: str, value: object, annotation) -> object:
     # schema.py uses `from __future__ import annotations`: field types are strings like "int | None".
     optional = "None" in annotation
     base = annotation.replace("| None", "").strip()
+    if isinstance(value, _Typed):
+        if base == "str":
+            return str(value)
+        try:
+            value = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            value = str(value)
     if value is None:
         if optional:
             return None
@@ -176,14 +186,19 @@ def build_config(flat: dict[str, object], name: str = "custom") -> Config:
     return config
 
 
-def load_config(name_or_path: str = "tiny", overrides: typing.Sequence[str] = ()) -> Config:
-    """Load a preset name or YAML path, apply `key=value` overrides, validate."""
-    raw, name = read_config_source(name_or_path)
+def config_from_raw(raw: dict, name: str, overrides: typing.Sequence[str] = ()) -> Config:
+    """A config from a nested mapping (a YAML file's content) plus `key=value` overrides."""
     flat = _flatten(raw, name)
     for item in overrides:
         key, value = parse_override(item)
         flat[key] = value
     return build_config(flat, name)
+
+
+def load_config(name_or_path: str = "tiny", overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a preset name or YAML path, apply `key=value` overrides, validate."""
+    raw, name = read_config_source(name_or_path)
+    return config_from_raw(raw, name, overrides)
 
 
 def config_to_dict(config: Config) -> dict:
@@ -193,11 +208,11 @@ def config_to_dict(config: Config) -> dict:
     return out
 
 
-def config_from_dict(raw: dict) -> Config:
-    """Inverse of config_to_dict, validated."""
+def config_from_dict(raw: dict, overrides: typing.Sequence[str] = ()) -> Config:
+    """Inverse of config_to_dict (plus optional overrides), validated."""
     raw = dict(raw)
     name = raw.pop("name", "custom")
-    return build_config(_flatten(raw, "config"), str(name))
+    return config_from_raw(raw, str(name), overrides)
 
 
 def _require(ok: bool, key: str, message: str) -> None:

@@ -35,20 +35,24 @@ def initializer(cfg: ModelConfig, in_axis, out_axis, residual: bool = False):
     return jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal", in_axis=in_axis, out_axis=out_axis)
 
 
+def _param(value: jax.Array, names: tuple) -> nnx.Param:
+    # logical names only: parallel/ turns them into shardings when it creates the state under jit
+    return nnx.Param(value, out_sharding=names, eager_sharding=False)
+
+
 def make_param(rngs: nnx.Rngs, init, shape: tuple, names: tuple, cfg: ModelConfig) -> nnx.Param:
     """A parameter initialised by `init`, stored in param_dtype, tagged with logical axis names."""
-    value = init(rngs.params(), shape, DTYPES[cfg.param_dtype])
-    return nnx.Param(value, out_sharding=names)
+    return _param(init(rngs.params(), shape, DTYPES[cfg.param_dtype]), names)
 
 
 def zeros_param(shape: tuple, names: tuple, cfg: ModelConfig) -> nnx.Param:
     """A zero-initialised parameter (biases)."""
-    return nnx.Param(jnp.zeros(shape, DTYPES[cfg.param_dtype]), out_sharding=names)
+    return _param(jnp.zeros(shape, DTYPES[cfg.param_dtype]), names)
 
 
 def ones_param(shape: tuple, names: tuple, cfg: ModelConfig) -> nnx.Param:
     """A one-initialised parameter (norm scales)."""
-    return nnx.Param(jnp.ones(shape, DTYPES[cfg.param_dtype]), out_sharding=names)
+    return _param(jnp.ones(shape, DTYPES[cfg.param_dtype]), names)
 
 
 class Norm(nnx.Module):

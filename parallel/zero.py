@@ -50,7 +50,10 @@ def specs(tree, table: dict):
 
 
 def varying_axes(x) -> frozenset:
-    """Mesh axes over which `x` differs between devices (inside shard_map)."""
+    """Mesh axes over which `x` (an array or a ShapeDtypeStruct) differs between devices (inside shard_map)."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        manual = getattr(x, "manual_axis_type", None)
+        return frozenset(manual.varying if manual is not None else ())
     aval = jax.typeof(x)
     vma = getattr(aval, "vma", None)
     return frozenset(vma if vma is not None else aval.mat.varying)
@@ -63,9 +66,12 @@ def make_varying(x, axes: tuple):
     return jax.lax.pcast(x, missing, to="varying") if missing else x
 
 
-def zeros_like_shard(reference, shape: tuple):
-    """Zeros of `shape` with the same per-device variation as `reference` (for scan carries)."""
-    return make_varying(jnp.zeros(shape, reference.dtype), tuple(sorted(varying_axes(reference))))
+def zeros_varying_like(reference, shape: tuple = None, dtype=None):
+    """Zeros (of `shape`, default the reference's) varying over exactly the axes `reference` varies over,
+    as scan carries must."""
+    x = jnp.zeros(reference.shape if shape is None else shape, dtype or reference.dtype)
+    missing = tuple(sorted(varying_axes(reference) - varying_axes(x)))
+    return jax.lax.pcast(x, missing, to="varying") if missing else x
 
 
 def grad_shard_shape(names: tuple, shape: tuple, rules: Rules, data_size: int) -> tuple:

@@ -26,8 +26,6 @@ from meshtron.parallel.mesh import MeshShape
 from meshtron.parallel.rules import BATCH_AXES, Rules, rules_for
 from meshtron.train.optim import make_optimizer
 
-nnx.use_eager_sharding(False)  # parameters get their shardings from parallel/rules.py, at creation under jit
-
 
 def _named(mesh, spec_tree):
     return jax.tree.map(lambda s: NamedSharding(mesh, s), spec_tree, is_leaf=lambda x: isinstance(x, P))
@@ -112,16 +110,15 @@ class Training:
             if accum == 1:
                 loss, grads = micro_step(0)
             else:
-                data_size = self.shape.data
-                zeros = zero.map_variables(
-                    lambda names, p: zero.zeros_like_shard(p, zero.grad_shard_shape(names, p.shape, rules, data_size)),
-                    local)
+                # carries: gradients shaped as micro_step returns them, varying like a gradient does
+                like = jax.eval_shape(micro_step, 0)
+                loss0 = zero.zeros_varying_like(tokens, (), jnp.float32)
+                zeros = jax.tree.map(zero.zeros_varying_like, like[1])
 
                 def body(carry, i):
                     loss, grads = micro_step(i)
                     return (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)), None
 
-                loss0 = zero.make_varying(jnp.zeros((), jnp.float32), BATCH_AXES)
                 (loss, grads), _ = jax.lax.scan(body, (loss0, zeros), jnp.arange(accum))
             if rules.zero_stage < 2:
                 grads = zero.reduce_over_data(grads, rules)

@@ -1,0 +1,88 @@
+"""SentencePiece -> Hugging Face tokenizer.json: the same ids and the same text back."""
+
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from meshtron.configs.loader import UserError
+from meshtron.train.hf_tokenizer import bpe_merges, build_hf_tokenizer, write_hf_tokenizer
+from meshtron.train.tokenizer import Tokenizer, train_tokenizer
+
+pytest.importorskip("tokenizers")
+
+# Text the tokenizer never saw: unicode, tabs, blank lines, leading spaces, literal special tokens.
+EDGE_CASES = [
+    "", " ", "  ", "\t", "\n", " \n \n", "\tx = 1", "    return x", "   leading", "trailing   ", "a\n\n\nb",
+    "a  b   c    d", "héllo wörld — ünïcödé 日本語 😀", "<s> </s> <unk> x</s>", "\u00a0nbsp\u2003em",
+    "\r\nline\r\n", "12345 67.89e-10 0x1F", "\x00\x01\x7f", "def f(a,\tb):\n\tif a:\n\t\treturn 'λ → ∞'\n\n\n", "x" * 500,
+]
+HELD_OUT = ["tokenize.py", "pprint.py", "calendar.py", "html/parser.py", "csv.py"]  # not in the training corpus
+
+
+@pytest.fixture(scope="session")
+def sp_model(text_corpus, tmp_path_factory) -> Path:
+    """A 512-piece SentencePiece model trained by Meshtron on ~200 KB of Python source."""
+    texts = (p.read_text(encoding="utf-8") for p in sorted(text_corpus.glob("*.py")))
+    path = tmp_path_factory.mktemp("sp") / "tokenizer.model"
+    train_tokenizer(texts, 512, path, max_chars=200_000)
+    return path
+
+
+@pytest.fixture(scope="module")
+def held_out() -> list[str]:
+    """Held-out Python source, as whole files and as lines, plus the edge cases."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = [(root / name).read_text(encoding="utf-8") for name in HELD_OUT]
+    return files + [line for f in files for line in f.split("\n")] + EDGE_CASES
+
+
+@pytest.fixture(scope="module")
+def auto_tokenizer(sp_model, tmp_path_factory):
+    transformers = pytest.importorskip("transformers")
+    out = tmp_path_factory.mktemp("hf_tok")
+    write_hf_tokenizer(sp_model, out, model_max_length=32)
+    return transformers.AutoTokenizer.from_pretrained(out)
+
+
+def test_ids_equal_sentencepiece_on_held_out_text(sp_model, held_out, auto_tokenizer):
+    sp = Tokenizer(sp_model)
+    mismatched = [t for t in held_out if auto_tokenizer.encode(t, add_special_tokens=False) != sp.encode(t)]
+    assert not mismatched, f"{len(mismatched)} of {len(held_out)} texts differ, first: {mismatched[0][:80]!r}"
+
+
+def test_decode_gives_the_text_back(sp_model, held_out, auto_tokenizer):
+    sp = Tokenizer(sp_model)
+    for text in held_out:
+        ids = sp.encode(text)
+        assert auto_tokenizer.decode(ids) == sp.decode(ids) == text
+
+
+def test_auto_tokenizer_adds_no_bos_and_knows_specials(sp_model, auto_tokenizer):
+    assert type(auto_tokenizer).__name__ in ("TokenizersBackend", "PreTrainedTokenizerFast")
+    assert auto_tokenizer.encode("def f():", add_special_tokens=True) == auto_tokenizer.encode(
+        "def f():", add_special_tokens=False)
+    assert (auto_tokenizer.bos_token_id, auto_tokenizer.eos_token_id, auto_tokenizer.unk_token_id) == (1, 2, 0)
+    assert len(auto_tokenizer) == Tokenizer(sp_model).vocab_size
+
+
+def test_merges_are_every_split_ranked_by_piece_score():
+    # (piece, score, type): 1 normal, 3 control; "ab" outranks "abc", which has two splits
+    pieces = [("<s>", 0.0, 3), ("ab", -1.0, 1), ("bc", -2.0, 1), ("abc", -3.0, 1),
+              ("a", -4.0, 1), ("b", -5.0, 1), ("c", -6.0, 1)]
+    assert bpe_merges(pieces) == [("a", "b"), ("b", "c"), ("ab", "c"), ("a", "bc")]
+
+
+def test_tokenizer_json_round_trips_through_the_tokenizers_library(sp_model, tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+
+    build_hf_tokenizer(sp_model).save(str(tmp_path / "tokenizer.json"))
+    reloaded = HFTokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert reloaded.encode("  if x:\n\treturn 1").ids == Tokenizer(sp_model).encode("  if x:\n\treturn 1")
+
+
+def test_a_file_that_is_not_sentencepiece_is_refused(tmp_path):
+    bogus = tmp_path / "tokenizer.model"
+    bogus.write_bytes(b"not a model")
+    with pytest.raises(UserError, match="not a SentencePiece model"):
+        write_hf_tokenizer(bogus, tmp_path, model_max_length=32)

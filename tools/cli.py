@@ -1,0 +1,97 @@
+"""The `meshtron` command: one subcommand per module in tools/ (train, generate, export, ...).
+
+Each subcommand module has `add_arguments(parser)` and `run(args) -> int`. Errors a user
+can fix (`ConfigError`, `UserError`) print one line and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+
+from meshtron.configs.loader import UserError
+
+COMMANDS = {
+    "train": ("meshtron.tools.train_command", "train a model (default: the tiny preset on the Python stdlib)"),
+    "generate": ("meshtron.tools.generate_command", "sample text from a run directory"),
+    "export": ("meshtron.tools.export_command", "write a run as a Hugging Face or safetensors directory"),
+    "import": ("meshtron.tools.import_command", "turn a Hugging Face GPT-2/Llama directory into a run"),
+    "plan": ("meshtron.tools.plan_command", "per-device memory and communication of a config on a mesh"),
+    "scaling": ("meshtron.tools.scaling_command", "Chinchilla budgets, FLOP counts and fits of your runs"),
+    "bench": ("meshtron.tools.bench_command", "time training steps: tokens/s, MFU, compile time"),
+}
+
+
+def _set_cpu_devices(argv: list[str]) -> None:
+    """--cpu-devices N must act before JAX starts, so it is read before anything imports jax."""
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--cpu-devices" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--cpu-devices="):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            if not value.isdigit() or int(value) < 1:
+                raise UserError(f"--cpu-devices {value}: give a positive number of simulated CPU devices")
+            flags = os.environ.get("XLA_FLAGS", "")
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={value}".strip()
+            os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def _usage() -> str:
+    lines = ["usage: meshtron COMMAND [options]   (meshtron COMMAND --help for each)", "", "commands:"]
+    lines += [f"  {name:<9} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def json_out(obj) -> None:
+    """Print one JSON object to stdout (the --json contract)."""
+    print(json.dumps(obj, indent=None, default=_jsonable))
+
+
+def _jsonable(x):
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `meshtron` console command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _set_cpu_devices(argv)
+        name = next((a for a in argv if not a.startswith("-")), None)
+        if name not in COMMANDS:
+            if name is None:
+                print(_usage())
+                return 0 if any(a in ("-h", "--help") for a in argv) else 2
+            print(f"meshtron: error: unknown command '{name}'; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+            return 2
+        parser = argparse.ArgumentParser(prog="meshtron")
+        sub = parser.add_subparsers(dest="command")
+        module = importlib.import_module(COMMANDS[name][0])
+        p = sub.add_parser(name, description=COMMANDS[name][1])
+        p.add_argument("--cpu-devices", type=int, default=None, metavar="N",
+                       help="simulate N devices on the CPU (try sharding layouts on a laptop)")
+        module.add_arguments(p)
+        args = parser.parse_args(argv)
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("meshtron: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # user-fixable errors are one line; anything else is a bug and keeps its traceback
+        if isinstance(e, UserError):
+            print(f"meshtron: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

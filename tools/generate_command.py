@@ -1,0 +1,33 @@
+"""`meshtron generate RUN_DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--json]`."""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    """Options of `meshtron generate`."""
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a Meshtron run directory (its latest checkpoint is used)")
+    parser.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens to generate (default 64)")
+    parser.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 is greedy (default 0.8)")
+    parser.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the K most likely (0: all)")
+    parser.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (1: off)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--step", type=int, default=None, help="use this checkpoint step instead of the latest")
+    parser.add_argument("--json", action="store_true", help='print {"text": ..., "tokens": [...]}')
+
+
+def run(args) -> int:
+    """Sample a continuation of the prompt with a KV cache."""
+    from meshtron.train.generate import generate, load_run
+
+    model, tokenizer, _, _ = load_run(args.run_dir, args.step)
+    tokens = generate(model, tokenizer.encode(args.prompt), args.max_new_tokens, temperature=args.temperature,
+                      top_k=args.top_k, top_p=args.top_p, seed=args.seed, eos_id=tokenizer.eos_id)
+    text = tokenizer.decode(tokens)
+    if args.json:
+        from meshtron.tools.cli import json_out
+
+        json_out({"text": text, "tokens": tokens})
+    else:
+        print(args.prompt + text)
+    return 0

@@ -1,0 +1,82 @@
+"""`meshtron train [--config NAME|PATH] [--run-dir DIR] [key=value ...]`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import yaml
+
+from meshtron.configs.loader import UserError, config_from_dict, load_config
+
+
+def add_arguments(parser) -> None:
+    """Options of `meshtron train`."""
+    parser.add_argument("--config", default=None, metavar="NAME|PATH",
+                        help="preset name (tiny, gpt2-124m, llama-7b, ...) or YAML file; default tiny")
+    parser.add_argument("--run-dir", default=None, metavar="DIR",
+                        help="where checkpoints, metrics and the tokenizer go; an existing run is resumed "
+                             "(default runs/NAME-TIMESTAMP)")
+    parser.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=200")
+
+
+def resolve_config(config_arg: str | None, run_dir: Path | None, overrides: list[str]):
+    """The config of a new run, or of the run in `run_dir` (its saved config plus overrides)."""
+    saved = run_dir / "config.yaml" if run_dir is not None else None
+    if saved is not None and saved.exists():
+        raw = yaml.safe_load(saved.read_text())
+        if config_arg is not None and config_arg != raw.get("name"):
+            raise UserError(f"{run_dir} holds a run of config '{raw.get('name')}'; drop --config to resume it, or "
+                            "use a new --run-dir")
+        return config_from_dict(raw, overrides), True
+    return load_config(config_arg or "tiny", overrides), False
+
+
+def run(args) -> int:
+    """Train, print a summary and a text sample."""
+    from meshtron.train.loop import train
+
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    config, resuming = resolve_config(args.config, run_dir, args.overrides)
+    if run_dir is None:
+        run_dir = Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    log = (lambda *a, **k: None) if args.json else print
+    started = time.time()
+    result = train(config, run_dir, log=log)
+    summary = {
+        "run_dir": str(run_dir), "config": config.name, "resumed": resuming, "start_step": result.start_step,
+        "steps": result.steps_done, "first_loss": result.losses[0][1] if result.losses else None,
+        "final_loss": result.losses[-1][1] if result.losses else None, "eval_loss": result.eval_loss,
+        "tokens_per_s": round(result.tokens_per_s, 1), "seconds": round(time.time() - started, 1),
+        "interrupted": result.interrupted,
+    }
+    sample = None
+    if not result.interrupted and config.train.sample_tokens and config.train.sample_prompt is not None:
+        from meshtron.train.generate import generate, load_run
+        import jax
+
+        if jax.process_count() == 1:
+            model, tokenizer, _, _ = load_run(run_dir)
+            ids = generate(model, tokenizer.encode(config.train.sample_prompt), config.train.sample_tokens,
+                           temperature=0.8, top_k=40, seed=config.train.seed, eos_id=tokenizer.eos_id)
+            sample = config.train.sample_prompt + tokenizer.decode(ids)
+            summary["sample"] = sample
+    if args.json:
+        from meshtron.tools.cli import json_out
+
+        json_out(summary)
+        return 0
+    print()
+    print(f"run directory   {run_dir}")
+    print(f"steps           {summary['start_step']} -> {summary['steps']}" + ("  (interrupted)" if result.interrupted else ""))
+    if result.losses:
+        print(f"loss            {summary['first_loss']:.4f} (first) -> {summary['final_loss']:.4f} (last)")
+    if result.eval_loss is not None:
+        print(f"eval loss       {result.eval_loss:.4f}")
+    print(f"throughput      {summary['tokens_per_s']:,.0f} tokens/s")
+    print(f"wall time       {summary['seconds']:.0f} s")
+    if sample is not None:
+        print("sample:")
+        print(sample)
+    return 0

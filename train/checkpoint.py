@@ -1,0 +1,137 @@
+"""Orbax checkpoints in RUN_DIR/checkpoints/: atomic, asynchronous, restorable onto another mesh.
+
+Each checkpoint holds the parameters and optimizer state (sharded arrays, written by every
+process for its own shards) and a JSON `meta` item: the step, the seed (every random
+stream is a function of seed and step), the data position (batches consumed), the
+resolved config and the tokenizer. Orbax writes into a temporary directory and renames
+it when complete, so a half-written checkpoint is never picked up.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from meshtron.configs.loader import UserError, config_to_dict
+from meshtron.configs.schema import Config
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def checkpoint_meta(config: Config, step: int, tokenizer_bytes: bytes, vocab_rows: int) -> dict:
+    """What a checkpoint needs besides arrays to continue exactly."""
+    return {
+        "step": int(step),
+        "seed": config.train.seed,
+        "data_position": int(step),  # global batches consumed; the data order is a function of (seed, position)
+        "vocab_rows": int(vocab_rows),
+        "config": config_to_dict(config),
+        "tokenizer_sha256": hashlib.sha256(tokenizer_bytes).hexdigest(),
+        "tokenizer": base64.b64encode(tokenizer_bytes).decode("ascii"),
+    }
+
+
+class Checkpointer:
+    """Saves and restores (params, opt_state, meta) under RUN_DIR/checkpoints."""
+
+    def __init__(self, run_dir: Path, keep: int = 3, async_save: bool = True):
+        self.directory = (Path(run_dir) / CHECKPOINT_DIR).resolve()
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def steps(self) -> list[int]:
+        """Steps of the complete checkpoints, oldest first."""
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint, or None."""
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, params, opt_state, meta: dict, force: bool = False) -> None:
+        """Start writing a checkpoint (returns before it is on disk when async)."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}),
+                                  meta=ocp.args.JsonSave(meta))
+        self.manager.save(step, args=args, force=force)
+
+    def read_meta(self, step: int) -> dict:
+        """The JSON meta of a checkpoint."""
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore(self, step: int, abstract_params, abstract_opt) -> tuple:
+        """(params, opt_state, meta) restored onto the shardings of the abstract targets.
+
+        The embedding and output layer may have a different number of padded vocabulary rows
+        than when saved (another tensor degree): those are restored as saved and re-padded
+        (padded rows are always zero).
+        """
+        meta = self.read_meta(step)
+        saved_rows = int(meta.get("vocab_rows", 0))
+        target = {"params": abstract_params, "opt_state": abstract_opt}
+        target_rows = _vocab_rows(abstract_params)
+        if saved_rows and target_rows and saved_rows != target_rows:
+            target = jax.tree.map(lambda x: _with_rows(x, target_rows, saved_rows), target)
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        state = restored["state"]
+        if saved_rows and target_rows and saved_rows != target_rows:
+            full = {"params": abstract_params, "opt_state": abstract_opt}
+            state = jax.tree.map(lambda x, want: _resize_rows(x, want, saved_rows), state, full)
+        return state["params"], state["opt_state"], meta
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves are on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finish pending saves and release the manager."""
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _vocab_rows(abstract_params) -> int:
+    return int(jax.tree.leaves(abstract_params["embed"]["tokens"])[0].shape[0])
+
+
+def _vocab_axis(shape: tuple, rows: int) -> int | None:
+    # the vocabulary axis is the only one whose length equals the padded row count (embed: 0, head: last)
+    matches = [i for i, n in enumerate(shape) if n == rows]
+    return matches[0] if len(matches) == 1 else (matches[0] if matches else None)
+
+
+def _with_rows(x, want_rows: int, saved_rows: int):
+    """An abstract target with the saved row count on the vocabulary axis (replicated along it)."""
+    if not isinstance(x, jax.ShapeDtypeStruct):
+        return x
+    axis = _vocab_axis(x.shape, want_rows)
+    if axis is None:
+        return x
+    shape = x.shape[:axis] + (saved_rows,) + x.shape[axis + 1:]
+    spec = list(x.sharding.spec) + [None] * (len(shape) - len(x.sharding.spec))
+    spec[axis] = None
+    sharding = jax.sharding.NamedSharding(x.sharding.mesh, jax.sharding.PartitionSpec(*spec))
+    return jax.ShapeDtypeStruct(shape, x.dtype, sharding=sharding)
+
+
+def _resize_rows(x, want, saved_rows: int):
+    if not isinstance(want, jax.ShapeDtypeStruct) or x.shape == want.shape:
+        return x
+    axis = _vocab_axis(x.shape, saved_rows)
+    keep = min(saved_rows, want.shape[axis])
+    host = np.asarray(jax.device_get(x))
+    trimmed = np.take(host, np.arange(keep), axis=axis)
+    pad = [(0, 0)] * host.ndim
+    pad[axis] = (0, want.shape[axis] - keep)
+    return jax.device_put(np.pad(trimmed, pad), want.sharding)
+
+
+def tokenizer_from_meta(meta: dict) -> bytes:
+    """The tokenizer model saved in a checkpoint's meta (verified against its hash)."""
+    data = base64.b64decode(meta.get("tokenizer", ""))
+    if hashlib.sha256(data).hexdigest() != meta.get("tokenizer_sha256"):
+        raise UserError("the checkpoint's tokenizer does not match its recorded hash (corrupt checkpoint)")
+    return data

@@ -1,0 +1,386 @@
+"""Meshtron parameters -> a Hugging Face directory (GPT-2 or Llama) that transformers loads offline.
+
+One table per architecture (`GPT2`, `LLAMA`) lists every Hugging Face tensor, the Meshtron
+parameters it is made of and how their axes map; hf_import.py reads the same tables backwards.
+Meshtron keeps projections per head (q: (E, H, D)); a Hugging Face matrix is the 2-D
+(in, out) form of it (GPT-2's Conv1D) or its transpose (torch nn.Linear, Llama).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from meshtron.configs.loader import UserError
+from meshtron.configs.schema import ModelConfig
+
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class HFTensor:
+    """One Hugging Face tensor; "{i}" in its name is the layer index."""
+
+    name: str
+    ours: tuple[str, ...]
+    """Dotted Meshtron paths; "blocks." ones are stacked (L, ...). Several are concatenated on the output axis."""
+    n_in: int = 0
+    """Leading axes of each Meshtron array that form the input dimension (0: a vector)."""
+    transpose: bool = False
+    """torch nn.Linear stores (out, in)."""
+
+    @property
+    def per_layer(self) -> bool:
+        return "{i}" in self.name
+
+    @property
+    def is_bias(self) -> bool:
+        """Biases may be absent on one side; they are then zero, which computes the same."""
+        return all(k.endswith("bias") for k in self.ours)
+
+    def to_hf(self, parts: list[np.ndarray]) -> np.ndarray:
+        """Meshtron arrays of one layer -> the Hugging Face array."""
+        flat = [p.reshape(math.prod(p.shape[:self.n_in]), -1) if self.n_in else p.reshape(-1) for p in parts]
+        w = flat[0] if len(flat) == 1 else np.concatenate(flat, axis=-1)  # (in, out) or (out,)
+        return w.T if self.transpose else w
+
+    def from_hf(self, w: np.ndarray, shapes: list[tuple]) -> list[np.ndarray]:
+        """The Hugging Face array -> Meshtron arrays of one layer with the given shapes (ValueError if they differ)."""
+        w = w.T if self.transpose else w
+        w = w.reshape(math.prod(shapes[0][:self.n_in]), -1) if self.n_in else w.reshape(-1)
+        out_sizes = [math.prod(s[self.n_in:]) for s in shapes]
+        if w.shape[-1] != sum(out_sizes):
+            raise ValueError(f"{w.shape[-1]} outputs, expected {sum(out_sizes)}")
+        pieces = np.split(w, np.cumsum(out_sizes)[:-1], axis=-1)
+        return [p.reshape(s) for p, s in zip(pieces, shapes)]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A Hugging Face model class Meshtron converts to and from."""
+
+    name: str
+    model_type: str
+    hf_class: str
+    family: str
+    switches: dict
+    """ModelConfig switches this architecture computes."""
+    config_keys: dict
+    """Hugging Face config key -> ModelConfig field."""
+    fixed: dict
+    """Hugging Face config key -> the values Meshtron computes the same way (export writes the first)."""
+    tensors: tuple[HFTensor, ...]
+
+
+def _t(name, *ours, n_in=0, transpose=False):
+    return HFTensor(name, tuple(ours), n_in, transpose)
+
+
+_H = "transformer.h.{i}."
+GPT2 = Architecture(
+    name="GPT-2", model_type="gpt2", hf_class="GPT2LMHeadModel", family="gpt2",
+    switches=dict(position="learned", norm="layernorm", mlp="gelu", parallel_block=False),
+    config_keys={"n_layer": "n_layers", "n_embd": "d_model", "n_head": "n_heads", "n_inner": "d_ff",
+                 "vocab_size": "vocab_size", "n_positions": "seq_len", "layer_norm_epsilon": "norm_eps",
+                 "tie_word_embeddings": "tie_embeddings", "initializer_range": "init_std"},
+    fixed={"activation_function": ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"), "scale_attn_weights": (True,),
+           "scale_attn_by_inverse_layer_idx": (False,), "add_cross_attention": (False,)},
+    tensors=(
+        _t("transformer.wte.weight", "embed.tokens", n_in=1),  # (V, E)
+        _t("transformer.wpe.weight", "embed.positions", n_in=1),  # (T, E)
+        _t(_H + "ln_1.weight", "blocks.attn_norm.scale"),
+        _t(_H + "ln_1.bias", "blocks.attn_norm.bias"),
+        _t(_H + "attn.c_attn.weight", "blocks.attn.q", "blocks.attn.k", "blocks.attn.v", n_in=1),  # (E, 3E)
+        _t(_H + "attn.c_attn.bias", "blocks.attn.q_bias", "blocks.attn.k_bias", "blocks.attn.v_bias"),
+        _t(_H + "attn.c_proj.weight", "blocks.attn.o", n_in=2),  # (H*D, E)
+        _t(_H + "attn.c_proj.bias", "blocks.attn.o_bias"),
+        _t(_H + "ln_2.weight", "blocks.mlp_norm.scale"),
+        _t(_H + "ln_2.bias", "blocks.mlp_norm.bias"),
+        _t(_H + "mlp.c_fc.weight", "blocks.mlp.up", n_in=1),  # (E, F)
+        _t(_H + "mlp.c_fc.bias", "blocks.mlp.up_bias"),
+        _t(_H + "mlp.c_proj.weight", "blocks.mlp.down", n_in=1),  # (F, E)
+        _t(_H + "mlp.c_proj.bias", "blocks.mlp.down_bias"),
+        _t("transformer.ln_f.weight", "final_norm.scale"),
+        _t("transformer.ln_f.bias", "final_norm.bias"),
+        _t("lm_head.weight", "head", n_in=1, transpose=True),  # (V, E)
+    ))
+
+_L = "model.layers.{i}."
+LLAMA = Architecture(
+    name="Llama", model_type="llama", hf_class="LlamaForCausalLM", family="llama",
+    switches=dict(position="rope", norm="rmsnorm", mlp="swiglu", parallel_block=False),
+    config_keys={"num_hidden_layers": "n_layers", "hidden_size": "d_model", "num_attention_heads": "n_heads",
+                 "num_key_value_heads": "n_kv_heads", "head_dim": "head_dim", "intermediate_size": "d_ff",
+                 "vocab_size": "vocab_size", "max_position_embeddings": "seq_len", "rms_norm_eps": "norm_eps",
+                 "tie_word_embeddings": "tie_embeddings", "initializer_range": "init_std", "rope_theta": "rope_theta"},
+    fixed={"hidden_act": ("silu",), "pretraining_tp": (1, None)},
+    tensors=(
+        _t("model.embed_tokens.weight", "embed.tokens", n_in=1),  # (V, E)
+        _t(_L + "input_layernorm.weight", "blocks.attn_norm.scale"),
+        _t(_L + "self_attn.q_proj.weight", "blocks.attn.q", n_in=1, transpose=True),  # (H*D, E)
+        _t(_L + "self_attn.q_proj.bias", "blocks.attn.q_bias"),
+        _t(_L + "self_attn.k_proj.weight", "blocks.attn.k", n_in=1, transpose=True),  # (K*D, E)
+        _t(_L + "self_attn.k_proj.bias", "blocks.attn.k_bias"),
+        _t(_L + "self_attn.v_proj.weight", "blocks.attn.v", n_in=1, transpose=True),
+        _t(_L + "self_attn.v_proj.bias", "blocks.attn.v_bias"),
+        _t(_L + "self_attn.o_proj.weight", "blocks.attn.o", n_in=2, transpose=True),  # (E, H*D)
+        _t(_L + "self_attn.o_proj.bias", "blocks.attn.o_bias"),
+        _t(_L + "post_attention_layernorm.weight", "blocks.mlp_norm.scale"),
+        _t(_L + "mlp.gate_proj.weight", "blocks.mlp.gate", n_in=1, transpose=True),  # (F, E)
+        # mlp_bias also biases gate_proj; Meshtron's gate has none, so it is zero
+        _t(_L + "mlp.gate_proj.bias", "blocks.mlp.gate_bias"),
+        _t(_L + "mlp.up_proj.weight", "blocks.mlp.up", n_in=1, transpose=True),
+        _t(_L + "mlp.up_proj.bias", "blocks.mlp.up_bias"),
+        _t(_L + "mlp.down_proj.weight", "blocks.mlp.down", n_in=1, transpose=True),  # (E, F)
+        _t(_L + "mlp.down_proj.bias", "blocks.mlp.down_bias"),
+        _t("model.norm.weight", "final_norm.scale"),
+        _t("lm_head.weight", "head", n_in=1, transpose=True),  # (V, E)
+    ))
+
+ARCHITECTURES = {a.model_type: a for a in (GPT2, LLAMA)}
+
+
+def check_exportable(cfg: ModelConfig) -> Architecture:
+    """The Hugging Face architecture that computes what `cfg` computes, or a UserError naming the feature."""
+    if cfg.parallel_block:
+        raise UserError("model.parallel_block=true (PaLM's parallel block) has no Hugging Face GPT-2 or Llama "
+                        "equivalent")
+    if cfg.position == "sinusoidal":
+        raise UserError("model.position=sinusoidal has no Hugging Face GPT-2 or Llama equivalent; use learned or rope")
+    arch = GPT2 if cfg.position == "learned" else LLAMA
+    wrong = [f"model.{k}={getattr(cfg, k)}" for k, v in arch.switches.items() if getattr(cfg, k) != v]
+    if wrong:
+        need = ", ".join(f"{k}={v}" for k, v in arch.switches.items() if k != "parallel_block")
+        raise UserError(f"{', '.join(wrong)} with model.position={cfg.position} has no Hugging Face equivalent "
+                        f"(Hugging Face {arch.name} needs {need})")
+    if arch is GPT2 and cfg.kv_heads != cfg.n_heads:
+        raise UserError(f"model.n_kv_heads={cfg.kv_heads} (grouped-query attention) has no Hugging Face GPT-2 "
+                        "equivalent; use n_kv_heads=n_heads, or a llama-style model "
+                        "(position=rope, norm=rmsnorm, mlp=swiglu)")
+    if arch is GPT2 and cfg.n_heads * cfg.dim_per_head != cfg.d_model:
+        raise UserError(f"model.head_dim={cfg.dim_per_head}: Hugging Face GPT-2 needs n_heads x head_dim = d_model")
+    if arch is LLAMA and cfg.d_model % cfg.n_heads:
+        raise UserError(f"model.n_heads={cfg.n_heads}: Hugging Face Llama needs d_model divisible by n_heads")
+    return arch
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        elif value is not None:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def flatten_params(params: dict) -> dict[str, np.ndarray]:
+    """Nested pure dict -> {"blocks.attn.q": array (L, E, H, D), ...}; per-layer blocks
+    (model.scan_layers=false, a dict keyed 0..L-1 or a list) are stacked."""
+    params = dict(params)
+    blocks = params.get("blocks")
+    if isinstance(blocks, dict) and blocks and all(isinstance(k, int) for k in blocks):
+        blocks = [blocks[i] for i in sorted(blocks)]
+    if isinstance(blocks, (list, tuple)):
+        layers = [_flatten(b) for b in blocks]
+        params["blocks"] = {k: np.stack([np.asarray(layer[k]) for layer in layers]) for k in layers[0]}
+    return {k: np.asarray(v) for k, v in _flatten(params).items()}
+
+
+def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
+    """Inverse of flatten_params: {"a.b": x} -> {"a": {"b": x}} (stacked blocks)."""
+    tree: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def param_shapes(cfg: ModelConfig, vocab_rows: int | None = None) -> dict[str, tuple]:
+    """Shapes of a model's parameters, flattened as flatten_params does (layers stacked)."""
+    from flax import nnx
+
+    from meshtron.model.transformer import Transformer
+
+    cfg = dataclasses.replace(cfg, scan_layers=True)
+    with nnx.use_eager_sharding(False):  # shapes only: no mesh needed
+        abstract = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(params=0), vocab_rows))
+    return {k: tuple(v.shape) for k, v in _flatten(nnx.to_pure_dict(nnx.state(abstract))).items()}
+
+
+def hf_side_shapes(cfg: ModelConfig, vocab_rows: int | None = None) -> dict[str, tuple]:
+    """param_shapes plus every bias a Hugging Face model may hold that this config lacks (zero in Meshtron)."""
+    shapes = param_shapes(dataclasses.replace(cfg, bias=True), vocab_rows)
+    if cfg.mlp == "swiglu":
+        shapes["blocks.mlp.gate_bias"] = shapes["blocks.mlp.up_bias"]
+    return shapes
+
+
+def wanted(arch: Architecture, cfg: ModelConfig, tensor: HFTensor) -> bool:
+    """Whether the Hugging Face model for `cfg` has this tensor (GPT-2 always has biases; Llama as configured)."""
+    if tensor.ours == ("head",):
+        return not cfg.tie_embeddings
+    if tensor.is_bias:
+        return arch is GPT2 or bool(cfg.bias)
+    return True
+
+
+def hf_config(arch: Architecture, cfg: ModelConfig, bos_id: int | None, eos_id: int | None, dtype: str) -> dict:
+    """config.json for the Hugging Face model computing what `cfg` computes."""
+    resolved = {"d_ff": cfg.ff_dim, "head_dim": cfg.dim_per_head, "n_kv_heads": cfg.kv_heads}
+    out = {"architectures": [arch.hf_class], "model_type": arch.model_type,
+           **{hf: resolved.get(ours, getattr(cfg, ours)) for hf, ours in arch.config_keys.items()},
+           **{hf: values[0] for hf, values in arch.fixed.items()},
+           "bos_token_id": bos_id, "eos_token_id": eos_id, "dtype": dtype, "use_cache": True}
+    if arch is GPT2:  # Meshtron has no attention dropout
+        out.update(resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=0.0)
+    else:
+        out.update(attention_bias=bool(cfg.bias), mlp_bias=bool(cfg.bias), attention_dropout=0.0,
+                   rope_parameters={"rope_theta": cfg.rope_theta, "rope_type": "default"})
+    return out
+
+
+def _hf_tensors(arch, cfg, flat, dtype) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, array) in file order: whole-model tensors, then layer by layer."""
+    import ml_dtypes  # numpy's bfloat16 (a jax dependency)
+
+    np_dtype = np.float32 if dtype == "float32" else ml_dtypes.bfloat16
+    rows = [t for t in arch.tensors if wanted(arch, cfg, t)]
+    layer_rows = [t for t in rows if t.per_layer]
+    for t in rows:
+        if not t.per_layer:
+            yield t.name, t.to_hf([flat[k] for k in t.ours]).astype(np_dtype)
+    for i in range(cfg.n_layers):
+        for t in layer_rows:
+            yield t.name.format(i=i), t.to_hf([flat[k][i] for k in t.ours]).astype(np_dtype)
+
+
+def write_weights(tensors, out_dir: Path, max_shard_bytes: int) -> list[Path]:
+    """Save (name, array) pairs as model.safetensors, or as model-0000X-of-0000Y.safetensors shards of at most
+    `max_shard_bytes` (a larger single tensor gets its own shard) plus model.safetensors.index.json."""
+    from safetensors.numpy import save_file
+
+    shards: list[list[str]] = []
+    current: dict[str, np.ndarray] = {}
+    current_bytes = total_bytes = 0
+
+    def flush():
+        save_file(current, str(out_dir / f"shard-{len(shards)}.tmp"), metadata={"format": "pt"})
+        shards.append(list(current))
+
+    for name, array in tensors:
+        if current and current_bytes + array.nbytes > max_shard_bytes:
+            flush()
+            current, current_bytes = {}, 0
+        current[name] = np.ascontiguousarray(array)
+        current_bytes += array.nbytes
+        total_bytes += array.nbytes
+    flush()
+    names = [WEIGHTS_NAME] if len(shards) == 1 else [
+        f"model-{n + 1:05d}-of-{len(shards):05d}.safetensors" for n in range(len(shards))]
+    for n, name in enumerate(names):
+        os.replace(out_dir / f"shard-{n}.tmp", out_dir / name)
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": total_bytes},
+                 "weight_map": {t: names[n] for n, shard in enumerate(shards) for t in shard}}
+        _write_json(out_dir / INDEX_NAME, index)
+    return [out_dir / n for n in names]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: Path, overwrite: bool = False):
+    """Yield a fresh sibling temp dir that becomes `out_dir` only when the block succeeds."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite and not (out_dir.is_dir() and not any(out_dir.iterdir())):
+        raise UserError(f"{out_dir} already exists and is not empty; choose a new directory or remove it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _checked_params(cfg: ModelConfig, params: dict) -> dict[str, np.ndarray]:
+    """Flattened params, checked against the config's shapes (any vocabulary padding accepted)."""
+    flat = flatten_params(params)
+    if "embed.tokens" not in flat:
+        raise UserError("params have no embed.tokens; pass the model's parameters (nnx.to_pure_dict(nnx.state(model)))")
+    expected = param_shapes(cfg, vocab_rows=flat["embed.tokens"].shape[0])
+    if set(flat) != set(expected):
+        diff = sorted(set(flat) ^ set(expected))
+        raise UserError(f"params do not match the model config (differing keys: {', '.join(diff[:4])}); "
+                        "export with the config the checkpoint was trained with")
+    for key, shape in expected.items():
+        if flat[key].shape != shape:
+            raise UserError(f"params do not match the model config: {key} has shape {flat[key].shape}, "
+                            f"the config gives {shape}")
+    return flat
+
+
+def export_hf(model_cfg: ModelConfig, params: dict, tokenizer_model_path: Path | None, out_dir: Path,
+              max_shard_bytes: int = 5 * 2**30, *, dtype: str = "float32", overwrite: bool = False) -> Path:
+    """Write a Hugging Face directory (config, safetensors weights, generation config and, given a
+    SentencePiece model, the tokenizer) that transformers loads offline; returns out_dir."""
+    from meshtron.train import hf_tokenizer, tokenizer
+
+    arch = check_exportable(model_cfg)
+    if dtype not in DTYPES:
+        raise UserError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    flat = _checked_params(model_cfg, params)
+    V = model_cfg.vocab_size
+    flat["embed.tokens"] = flat["embed.tokens"][:V]  # drop the padding rows: HF's vocab is the true one
+    if "head" in flat:
+        flat["head"] = flat["head"][:, :V]
+    for key, shape in hf_side_shapes(model_cfg, vocab_rows=V).items():
+        flat.setdefault(key, np.zeros(shape, np.float32))
+    special = {"bos": tokenizer.BOS_ID, "eos": tokenizer.EOS_ID}
+    if tokenizer_model_path is not None:
+        special = hf_tokenizer.special_token_ids(tokenizer_model_path)
+        pieces = hf_tokenizer.piece_count(tokenizer_model_path)
+        if pieces > V:
+            raise UserError(f"tokenizer {tokenizer_model_path} has {pieces} pieces but model.vocab_size={V}; "
+                            "export with the tokenizer the model was trained with")
+    with atomic_dir(out_dir, overwrite) as tmp:
+        if tokenizer_model_path is not None:  # first: it fails fast (no `tokenizers` package)
+            hf_tokenizer.write_hf_tokenizer(tokenizer_model_path, tmp, model_max_length=model_cfg.seq_len)
+            shutil.copyfile(tokenizer_model_path, tmp / "tokenizer.model")  # the SentencePiece original, for import
+        write_weights(_hf_tensors(arch, model_cfg, flat, dtype), tmp, max_shard_bytes)
+        _write_json(tmp / "config.json", hf_config(arch, model_cfg, special["bos"], special["eos"], dtype))
+        _write_json(tmp / "generation_config.json", {"bos_token_id": special["bos"], "eos_token_id": special["eos"]})
+    return Path(out_dir)
+
+
+def export_safetensors(model_cfg: ModelConfig, params: dict, out_dir: Path, *, overwrite: bool = False) -> Path:
+    """Write Meshtron's own consolidated weights (model.safetensors, dotted names such as
+    "blocks.attn.q", layers stacked, vocabulary padded) and model_config.json; returns out_dir."""
+    flat = _checked_params(model_cfg, params)
+    with atomic_dir(out_dir, overwrite) as tmp:
+        write_weights(flat.items(), tmp, max_shard_bytes=2**62)
+        _write_json(tmp / "model_config.json", dataclasses.asdict(model_cfg))
+    return Path(out_dir)

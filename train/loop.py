@@ -1,0 +1,259 @@
+"""The training run, top to bottom: config -> data -> mesh -> state (new or resumed) -> steps
+-> evaluation, checkpoints, metrics -> final save, report and a text sample."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import numpy as np
+import yaml
+
+from meshtron.configs.loader import UserError, config_to_dict
+from meshtron.configs.schema import Config
+from meshtron.model.counting import count_params
+from meshtron.parallel.mesh import describe_mesh, mesh_for
+from meshtron.train.checkpoint import Checkpointer, checkpoint_meta
+from meshtron.train.data import prepare_data
+from meshtron.train.metrics import MetricsWriter
+from meshtron.train.optim import lr_schedule
+from meshtron.train.step import build_training
+
+
+class TrainingStopped(UserError):
+    """The run stopped on purpose (too many bad steps); its last good state is saved."""
+
+
+@dataclass
+class RunResult:
+    """What a finished (or interrupted) run reports."""
+
+    run_dir: Path
+    start_step: int
+    steps_done: int
+    losses: list = field(default_factory=list)  # (step, loss) of every logged step
+    eval_loss: float | None = None
+    tokens_per_s: float = 0.0
+    interrupted: bool = False
+    sample: str = ""
+    summary: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Refuse a second live writer on the same run directory (the lock dies with its process)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ".lock"
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"run directory {run_dir} is in use by a live run ({owner}); wait for it or use another "
+                        "--run-dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+class _StopRequest:
+    """SIGTERM / SIGINT: finish the current step, save, exit cleanly."""
+
+    def __init__(self):
+        self.signal_name = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading_is_main():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def threading_is_main() -> bool:
+    """Signal handlers can only be installed from the main thread."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
+
+
+def train(config: Config, run_dir: Path, log=print) -> RunResult:
+    """Train `config` in `run_dir`, resuming from its latest checkpoint if it has one."""
+    run_dir = Path(run_dir)
+    with run_lock(run_dir):
+        return _train(config, run_dir, log)
+
+
+def _train(config: Config, run_dir: Path, log) -> RunResult:
+    t, m = config.train, config.model
+    is_main = jax.process_index() == 0
+    say = log if is_main else (lambda *a, **k: None)
+
+    data = prepare_data(config, log=say)
+    shape, mesh = mesh_for(config)
+    training = build_training(config, mesh, shape)
+    ckpt = Checkpointer(run_dir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+    tokenizer_bytes = data.tokenizer.model_bytes()
+    if is_main:
+        (run_dir / "tokenizer.model").write_bytes(tokenizer_bytes)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+    latest = ckpt.latest_step()
+    if latest is not None:
+        abstract_params, abstract_opt = training.abstract_state()
+        params, opt_state, meta = ckpt.restore(latest, abstract_params, abstract_opt)
+        step = int(meta["step"])
+        say(f"resumed from checkpoint at step {step} in {ckpt.directory}")
+    else:
+        params = training.init_params()
+        opt_state = training.init_opt_state(params)
+        step = 0
+
+    counts = count_params(m)
+    tokens_per_step = t.batch_size * m.seq_len
+    say(f"model: {config.name} ({m.family}), {counts.total:,} parameters ({counts.non_embedding:,} non-embedding)")
+    say(f"mesh: {describe_mesh(shape)}; ZeRO stage {config.parallel.zero_stage}; "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s), {jax.process_count()} process(es)")
+    say(f"data: {data.key}, {data.train_tokens:,} training tokens; {tokens_per_step:,} tokens per step")
+
+    train_step = training.compile_train_step()
+    eval_step = training.compile_eval_step()
+    metrics = MetricsWriter(run_dir, enabled=is_main)
+    schedule = lr_schedule(t)
+    proc, nproc = jax.process_index(), jax.process_count()
+    val = [training.shard_batch(b) for b in data.val_batches(t.batch_size, t.eval_batches, proc, nproc)]
+    batches = data.train_batches(t.batch_size, t.seed, step, proc, nproc, config.data.prefetch)
+    result = RunResult(run_dir=run_dir, start_step=step, steps_done=step)
+
+    def evaluate(at_step: int) -> float:
+        loss = float(np.mean([float(eval_step(params, b)) for b in val]))
+        metrics.write({"step": at_step, "eval_loss": loss})
+        result.eval_loss = loss
+        return loss
+
+    def save(at_step: int, force: bool = False) -> None:
+        ckpt.save(at_step, params, opt_state, checkpoint_meta(config, at_step, tokenizer_bytes, training.vocab_rows),
+                  force=force)
+
+    bar = _progress(t.steps, step, is_main)
+    tracker = _Tracker(result, metrics, bar)
+    first_step = step
+    window_start, window_tokens, timed_tokens, timed_seconds = time.time(), 0, 0, 0.0
+    with _StopRequest() as stop:
+        while step < t.steps:
+            batch = training.shard_batch(next(batches))
+            params, opt_state, out = train_step(params, opt_state, batch, step)
+            step += 1
+            # a step's metrics are read once the next step is dispatched, so the device never idles
+            tracker.flush()
+            tracker.pending = (step, out)
+            if step == first_step + 1:  # the first step includes compilation: not timed
+                tracker.flush()
+                window_start = time.time()
+            else:
+                window_tokens += tokens_per_step
+            if step % t.log_every == 0 or step == t.steps or stop.signal_name is not None:
+                tracker.flush()
+                elapsed = time.time() - window_start
+                if window_tokens and elapsed > 0 and result.losses:
+                    rate = window_tokens / elapsed
+                    timed_tokens, timed_seconds = timed_tokens + window_tokens, timed_seconds + elapsed
+                    loss = result.losses[-1][1]
+                    metrics.write({"step": step, "loss": loss, "tokens_per_s": rate, "lr": float(schedule(step - 1)),
+                                   "bad_steps_total": tracker.bad_total})
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
+                    else:
+                        say(f"step {step}/{t.steps}  loss {loss:.4f}  {rate:,.0f} tokens/s")
+                window_start, window_tokens = time.time(), 0
+            if tracker.bad_run >= t.max_bad_steps:
+                tracker.flush()
+                good = step - tracker.bad_run
+                save(good, force=True)  # skipped steps left params and optimizer state as they were at `good`
+                ckpt.close()
+                metrics.close()
+                raise TrainingStopped(f"{tracker.bad_run} consecutive steps had a NaN/Inf loss or gradient (their "
+                                      f"updates were skipped); the last good state is saved as step {good}. Lower "
+                                      "train.lr or raise train.grad_clip, then resume")
+            if t.eval_every and step % t.eval_every == 0 and step < t.steps:
+                evaluate(step)
+            if config.checkpoint.every and step % config.checkpoint.every == 0 and step < t.steps:
+                save(step)
+            if stop.signal_name is not None:
+                result.interrupted = True
+                break
+        tracker.flush()
+    if bar is not None:
+        bar.close()
+    result.steps_done = step
+    result.tokens_per_s = timed_tokens / timed_seconds if timed_seconds else 0.0
+    if not result.interrupted:
+        evaluate(step)
+    if ckpt.latest_step() != step:
+        save(step, force=True)
+    ckpt.close()
+    metrics.close()
+    if result.interrupted:
+        say(f"received {stop.signal_name}: saved step {step} to {ckpt.directory}; resume with "
+            f"`meshtron train --run-dir {run_dir}`")
+    return result
+
+
+class _Tracker:
+    """Reads step metrics from the device, one step behind; counts NaN/Inf steps."""
+
+    def __init__(self, result: RunResult, metrics: MetricsWriter, bar):
+        self.result, self.metrics, self.bar = result, metrics, bar
+        self.pending = None
+        self.bad_run = 0  # consecutive non-finite steps
+        self.bad_total = 0
+
+    def flush(self) -> None:
+        """Record the pending step (blocks until the device has finished it)."""
+        if self.pending is None:
+            return
+        at_step, out = self.pending
+        self.pending = None
+        loss, finite = float(out["loss"]), bool(out["finite"])
+        if self.bar is not None:
+            self.bar.update(at_step - self.bar.n)
+        if finite:
+            self.bad_run = 0
+            self.result.losses.append((at_step, loss))
+        else:
+            self.bad_run += 1
+            self.bad_total += 1
+            self.metrics.write({"step": at_step, "bad_step": True, "loss": loss})
