@@ -41,6 +41,36 @@ def _set_cpu_devices(argv: list[str]) -> None:
             os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+_COMMON_WITH_VALUE = ("--cpu-devices", "--coordinator", "--num-processes", "--process-id")
+
+
+def _command_first(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The command name, and argv with the options given before it moved after it
+    (`meshtron --cpu-devices 8 train ...` == `meshtron train --cpu-devices 8 ...`)."""
+    before, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in _COMMON_WITH_VALUE:
+            before += argv[i:i + 2]
+            i += 2
+        elif arg.startswith("-"):
+            before.append(arg)
+            i += 1
+        else:
+            return arg, [arg, *before, *argv[i + 1:]]
+    return None, argv
+
+
+def _add_common_options(parser) -> None:
+    group = parser.add_argument_group("devices and processes")
+    group.add_argument("--cpu-devices", type=int, default=None, metavar="N",
+                       help="simulate N devices on the CPU (try sharding layouts on a laptop)")
+    group.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help="multi-process job: address of process 0 (SLURM, Open MPI and TPU pods are detected)")
+    group.add_argument("--num-processes", type=int, default=None, metavar="N", help="multi-process job: processes")
+    group.add_argument("--process-id", type=int, default=None, metavar="I", help="multi-process job: this one's index")
+
+
 def _usage() -> str:
     lines = ["usage: meshtron COMMAND [options]   (meshtron COMMAND --help for each)", "", "commands:"]
     lines += [f"  {name:<9} {help_text}" for name, (_, help_text) in COMMANDS.items()]
@@ -67,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         _set_cpu_devices(argv)
-        name = next((a for a in argv if not a.startswith("-")), None)
+        name, argv = _command_first(argv)
         if name not in COMMANDS:
             if name is None:
                 print(_usage())
@@ -78,10 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         sub = parser.add_subparsers(dest="command")
         module = importlib.import_module(COMMANDS[name][0])
         p = sub.add_parser(name, description=COMMANDS[name][1])
-        p.add_argument("--cpu-devices", type=int, default=None, metavar="N",
-                       help="simulate N devices on the CPU (try sharding layouts on a laptop)")
+        _add_common_options(p)
         module.add_arguments(p)
         args = parser.parse_args(argv)
+        from meshtron.parallel.distributed import initialize
+
+        initialize(args.coordinator, args.num_processes, args.process_id)
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print("meshtron: interrupted", file=sys.stderr)

@@ -53,8 +53,9 @@ def run(args) -> int:
     }
     sample = None
     if not result.interrupted and config.train.sample_tokens and config.train.sample_prompt is not None:
-        from meshtron.train.generate import generate, load_run
         import jax
+
+        from meshtron.train.generate import generate, load_run
 
         if jax.process_count() == 1:
             model, tokenizer, _, _ = load_run(run_dir)
@@ -62,6 +63,10 @@ def run(args) -> int:
                            temperature=0.8, top_k=40, seed=config.train.seed, eos_id=tokenizer.eos_id)
             sample = config.train.sample_prompt + tokenizer.decode(ids)
             summary["sample"] = sample
+    import jax
+
+    if jax.process_index() != 0:  # one summary per job
+        return 0
     if args.json:
         from meshtron.tools.cli import json_out
 

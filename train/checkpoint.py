@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 from pathlib import Path
 
 import jax
@@ -83,6 +84,14 @@ class Checkpointer:
             state = jax.tree.map(lambda x, want: _resize_rows(x, want, saved_rows), state, full)
         return state["params"], state["opt_state"], meta
 
+    def quarantine(self, step: int) -> Path:
+        """Move an unreadable checkpoint aside (kept for inspection, never deleted) so the step can be redone."""
+        source = self.directory / str(step)
+        target = self.directory / f"unreadable-{step}-{int(time.time())}"
+        source.rename(target)
+        self.manager.reload()
+        return target
+
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
         self.manager.wait_until_finished()
@@ -91,6 +100,23 @@ class Checkpointer:
         """Finish pending saves and release the manager."""
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+# Keys whose change alters the parameters' shapes or structure: a checkpoint cannot continue under them.
+SHAPE_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size", "position", "norm",
+              "mlp", "bias", "tie_embeddings", "parallel_block", "scan_layers")
+
+
+def check_compatible(saved: dict, config: Config) -> None:
+    """Refuse, before loading anything, a resume whose model differs from the checkpoint's."""
+    from meshtron.configs.loader import config_from_dict
+
+    before = config_from_dict(saved).model
+    for key in SHAPE_KEYS + (("seq_len",) if config.model.position == "learned" else ()):
+        old, new = getattr(before, key), getattr(config.model, key)
+        if old != new:
+            raise UserError(f"cannot resume: the checkpoint has model.{key}={old} but the config asks for {new}; "
+                            f"drop the override or start a new --run-dir")
 
 
 def _vocab_rows(abstract_params) -> int:

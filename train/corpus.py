@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import os
 import sys
 import sysconfig
@@ -82,7 +83,8 @@ def _quiet():
     absl_logging.set_verbosity(absl_logging.ERROR)
     tfds.disable_progress_bar()
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):  # "Downloading and preparing dataset ..." lines
+            yield
     finally:
         absl_logging.set_verbosity(level)
 

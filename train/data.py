@@ -167,7 +167,8 @@ def prepare_data(config: Config, log=print) -> Dataset:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"config key 'data.cache_dir': cannot create {root} ({e.strerror})") from None
-    train_src, val_src, key = text_splits(data, root)
+    with _locked(root / "tfds" / "prepare"):  # processes of one job may start preparing together
+        train_src, val_src, key = text_splits(data, root)
     train_docs, val_docs = _documents(train_src, data), _documents(val_src, data)
     if len(train_docs) == 0:
         raise ConfigError(f"config key 'data.source': {data.source} has no documents")

@@ -20,11 +20,12 @@ from meshtron.configs.loader import UserError, config_to_dict
 from meshtron.configs.schema import Config
 from meshtron.model.counting import count_params
 from meshtron.parallel.mesh import describe_mesh, mesh_for
-from meshtron.train.checkpoint import Checkpointer, checkpoint_meta
+from meshtron.train.checkpoint import Checkpointer, check_compatible, checkpoint_meta
 from meshtron.train.data import prepare_data
 from meshtron.train.metrics import MetricsWriter
 from meshtron.train.optim import lr_schedule
-from meshtron.train.step import build_training
+from meshtron.train.scaling.report import duration, end_report, format_end_report, format_start_report, start_report
+from meshtron.train.step import Training, build_training
 
 
 class TrainingStopped(UserError):
@@ -50,7 +51,7 @@ class RunResult:
 def run_lock(run_dir: Path):
     """Refuse a second live writer on the same run directory (the lock dies with its process)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / ".lock"
+    path = run_dir / f".lock.{jax.process_index()}"  # one per process of a multi-process job
     handle = open(path, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -110,14 +111,41 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
 
 
-def train(config: Config, run_dir: Path, log=print) -> RunResult:
-    """Train `config` in `run_dir`, resuming from its latest checkpoint if it has one."""
+def train(config: Config, run_dir: Path, log=print, stop_after: int | None = None) -> RunResult:
+    """Train `config` in `run_dir`, resuming from its latest checkpoint if it has one.
+
+    stop_after: end this invocation after that many steps, saving a checkpoint as a preemption would.
+    """
     run_dir = Path(run_dir)
     with run_lock(run_dir):
-        return _train(config, run_dir, log)
+        return _train(config, run_dir, log, stop_after)
 
 
-def _train(config: Config, run_dir: Path, log) -> RunResult:
+def _restore_latest(ckpt: Checkpointer, training: Training, config: Config, say):
+    """(params, opt_state, step) of the newest readable checkpoint; unreadable ones are reported and set aside."""
+    for step in reversed(ckpt.steps()):
+        try:
+            meta = ckpt.read_meta(step)
+        except Exception as e:  # a truncated or corrupt checkpoint: Orbax/TensorStore raise many types
+            say(f"warning: checkpoint {step} is unreadable ({_reason(e)}); moved to {ckpt.quarantine(step).name}")
+            continue
+        check_compatible(meta["config"], config)  # a config error, not corruption: stop here
+        abstract_params, abstract_opt = training.abstract_state()
+        try:
+            params, opt_state, meta = ckpt.restore(step, abstract_params, abstract_opt)
+        except Exception as e:
+            say(f"warning: checkpoint {step} is unreadable ({_reason(e)}); moved to {ckpt.quarantine(step).name}")
+            continue
+        return params, opt_state, int(meta["step"])
+    return None
+
+
+def _reason(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{error.__class__.__name__}: {text[0][:160]}" if text else error.__class__.__name__
+
+
+def _train(config: Config, run_dir: Path, log, stop_after: int | None = None) -> RunResult:
     t, m = config.train, config.model
     is_main = jax.process_index() == 0
     say = log if is_main else (lambda *a, **k: None)
@@ -131,11 +159,9 @@ def _train(config: Config, run_dir: Path, log) -> RunResult:
         (run_dir / "tokenizer.model").write_bytes(tokenizer_bytes)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
-    latest = ckpt.latest_step()
-    if latest is not None:
-        abstract_params, abstract_opt = training.abstract_state()
-        params, opt_state, meta = ckpt.restore(latest, abstract_params, abstract_opt)
-        step = int(meta["step"])
+    restored = _restore_latest(ckpt, training, config, say)
+    if restored is not None:
+        params, opt_state, step = restored
         say(f"resumed from checkpoint at step {step} in {ckpt.directory}")
     else:
         params = training.init_params()
@@ -148,10 +174,15 @@ def _train(config: Config, run_dir: Path, log) -> RunResult:
     say(f"mesh: {describe_mesh(shape)}; ZeRO stage {config.parallel.zero_stage}; "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s), {jax.process_count()} process(es)")
     say(f"data: {data.key}, {data.train_tokens:,} training tokens; {tokens_per_step:,} tokens per step")
+    peak_devices, peak, peak_source = _peak(say)
+    scaling = start_report(config, peak_devices, peak)
+    if is_main:
+        say(format_start_report(scaling))
 
     train_step = training.compile_train_step()
     eval_step = training.compile_eval_step()
     metrics = MetricsWriter(run_dir, enabled=is_main)
+    metrics.write({"step": step, "event": "scaling_start", **_flat(scaling), "peak_source": peak_source})
     schedule = lr_schedule(t)
     proc, nproc = jax.process_index(), jax.process_count()
     val = [training.shard_batch(b) for b in data.val_batches(t.batch_size, t.eval_batches, proc, nproc)]
@@ -185,19 +216,22 @@ def _train(config: Config, run_dir: Path, log) -> RunResult:
                 window_start = time.time()
             else:
                 window_tokens += tokens_per_step
-            if step % t.log_every == 0 or step == t.steps or stop.signal_name is not None:
+            stopping = stop.signal_name is not None or (stop_after is not None and step - first_step >= stop_after)
+            if step % t.log_every == 0 or step == t.steps or stopping:
                 tracker.flush()
                 elapsed = time.time() - window_start
-                if window_tokens and elapsed > 0 and result.losses:
-                    rate = window_tokens / elapsed
+                rate = window_tokens / elapsed if window_tokens and elapsed > 0 else None  # None: compile step
+                if rate is not None:
                     timed_tokens, timed_seconds = timed_tokens + window_tokens, timed_seconds + elapsed
+                if result.losses and result.losses[-1][0] == step:
                     loss = result.losses[-1][1]
                     metrics.write({"step": step, "loss": loss, "tokens_per_s": rate, "lr": float(schedule(step - 1)),
                                    "bad_steps_total": tracker.bad_total})
-                    if bar is not None:
+                    if rate is not None and bar is not None:
                         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
-                    else:
-                        say(f"step {step}/{t.steps}  loss {loss:.4f}  {rate:,.0f} tokens/s")
+                    elif rate is not None:
+                        eta = duration((t.steps - step) * tokens_per_step / rate)
+                        say(f"step {step}/{t.steps}  loss {loss:.4f}  {rate:,.0f} tokens/s  ETA {eta}")
                 window_start, window_tokens = time.time(), 0
             if tracker.bad_run >= t.max_bad_steps:
                 tracker.flush()
@@ -212,6 +246,8 @@ def _train(config: Config, run_dir: Path, log) -> RunResult:
                 evaluate(step)
             if config.checkpoint.every and step % config.checkpoint.every == 0 and step < t.steps:
                 save(step)
+            if stop_after is not None and step - first_step >= stop_after and step < t.steps:
+                stop.signal_name = f"a stop after {stop_after} steps"
             if stop.signal_name is not None:
                 result.interrupted = True
                 break
@@ -225,11 +261,41 @@ def _train(config: Config, run_dir: Path, log) -> RunResult:
     if ckpt.latest_step() != step:
         save(step, force=True)
     ckpt.close()
+    final_loss = result.losses[-1][1] if result.losses else None
+    spent = end_report(scaling, step, timed_seconds, timed_tokens, final_loss, result.eval_loss, peak_devices, peak)
+    metrics.write({"step": step, "event": "scaling_end", **_flat(spent)})
+    result.summary = spent
+    if timed_seconds:
+        say(format_end_report(spent))
     metrics.close()
     if result.interrupted:
-        say(f"received {stop.signal_name}: saved step {step} to {ckpt.directory}; resume with "
+        say(f"stopping ({stop.signal_name}): saved step {step} to {ckpt.directory}; resume with "
             f"`meshtron train --run-dir {run_dir}`")
     return result
+
+
+def _peak(say) -> tuple[int, float, str]:
+    """(devices, peak FLOP/s per device, source) for MFU. Simulated CPU devices share the host's cores, so
+    a CPU run is measured against one host-wide matmul peak."""
+    from meshtron.train.hardware import device_peak
+
+    peak, source = device_peak(jax.devices()[0])
+    if source == "measured":
+        say(f"note: no published peak for {jax.devices()[0].device_kind}; MFU is against a measured matmul "
+            f"peak of {peak / 1e9:,.0f} GFLOP/s")
+    devices = 1 if jax.devices()[0].platform == "cpu" else jax.device_count()
+    return devices, peak, source
+
+
+def _flat(report: dict) -> dict:
+    """Report values that fit one metrics line (nested dicts flattened with a prefix)."""
+    out = {}
+    for key, value in report.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items() if isinstance(v, (int, float, str))})
+        else:
+            out[key] = value
+    return out
 
 
 class _Tracker:
