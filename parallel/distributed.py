@@ -40,8 +40,10 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
     coordinator = coordinator or os.environ.get("MESHTRON_COORDINATOR")
     num_processes = num_processes or _int_env("MESHTRON_NUM_PROCESSES")
-    if process_id is None:
+    if process_id is None:  # a Kubernetes Indexed Job numbers its pods in JOB_COMPLETION_INDEX
         process_id = _int_env("MESHTRON_PROCESS_ID")
+        if process_id is None and coordinator:
+            process_id = _int_env("JOB_COMPLETION_INDEX")
     heartbeat = _int_env("MESHTRON_HEARTBEAT_SECONDS") or DEFAULT_HEARTBEAT_SECONDS
     if coordinator or num_processes or process_id is not None:
         if not (coordinator and num_processes and process_id is not None):

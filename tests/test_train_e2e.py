@@ -65,8 +65,3 @@ def test_generate_json_prints_text_and_tokens(trained_run, meshtron_cli):
 def test_generate_refuses_a_non_run_directory(tmp_path, meshtron_cli):
     code, _, err = meshtron_cli("generate", tmp_path, "--prompt", "x")
     assert code == 2 and "not a Meshtron run directory" in err
-
-
-def test_later_commands_say_not_yet_available(meshtron_cli):
-    code, _, err = meshtron_cli("bench")
-    assert code == 2 and "not yet available" in err

@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         _set_cpu_devices(argv)
+        from meshtron.parallel.xla_flags import apply_default_flags
+
+        apply_default_flags()
         name, argv = _command_first(argv)
         if name not in COMMANDS:
             if name is None:
