@@ -46,6 +46,7 @@ class Attention(nnx.Module):
                  cache_index: jax.Array | None = None, reduce: bool = True):
         """x (B, T, E) -> (B, T, E). With a cache (k, v: (B, S, K, D)) the new keys are written at
         cache_index and queries attend to everything cached so far; returns (y, new_cache)."""
+        x = spmd.enter_split(x, "heads", "kv_heads")
         q = self._project(x, self.q, self.q_bias)  # (B, T, H, D)
         k = self._project(x, self.k, self.k_bias)  # (B, T, K, D)
         v = self._project(x, self.v, self.v_bias)

@@ -27,6 +27,7 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array, reduce: bool = True) -> jax.Array:
         """x (B, T, E) -> (B, T, E); each device holds F/t hidden units under tensor parallelism."""
+        x = spmd.enter_split(x, "mlp")
         h = x @ self.up[...].astype(x.dtype)  # (B, T, F)
         if self.up_bias is not None:
             h = h + self.up_bias[...].astype(x.dtype)
@@ -59,7 +60,7 @@ class Block(nnx.Module):
         """x (B, T, E) -> (B, T, E), new_cache."""
         keys = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
         if self.parallel:
-            h = self.attn_norm(x)
+            h = spmd.enter_split(self.attn_norm(x), "heads", "kv_heads", "mlp")  # one "f" for both branches
             a, new_cache = self.attn(h, positions, cache, cache_index, reduce=False)
             m = self.mlp(h, reduce=False)
             # one all-reduce for both branches (heads and mlp are split over the same devices)

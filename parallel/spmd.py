@@ -80,6 +80,27 @@ def current_layout() -> Layout | None:
     return _ACTIVE.get()
 
 
+def varying_axes(x) -> frozenset:
+    """Mesh axes over which `x` (an array or a ShapeDtypeStruct) differs between devices (inside shard_map)."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        manual = getattr(x, "manual_axis_type", None)
+        return frozenset(manual.varying if manual is not None else ())
+    aval = jax.typeof(x)
+    vma = getattr(aval, "vma", None)
+    return frozenset(vma if vma is not None else aval.mat.varying)
+
+
+def enter_split(x: jax.Array, *logical: str) -> jax.Array:
+    """Megatron's "f" operator: `x`, the same on every device that splits `logical`, is about to meet those
+    devices' different weights. Marking it once makes the backward pass sum its gradient with one
+    all-reduce for the whole sub-block, instead of one per projection that reads it."""
+    layout = _ACTIVE.get()
+    if layout is None:
+        return x
+    missing = tuple(a for a in layout.mesh_axes(*logical) if a not in varying_axes(x))
+    return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+
 def sum_over(x: jax.Array, *logical: str) -> jax.Array:
     """Sum partial results over the devices that split `logical` (Megatron's row-parallel all-reduce)."""
     layout = _ACTIVE.get()

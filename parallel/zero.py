@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax._src.lax.parallel import all_gather_invariant  # Varying -> Invariant all-gather (no public alias yet)
 
+from meshtron.parallel.spmd import varying_axes
 from meshtron.parallel.rules import ZERO_AXIS, Rules, partition_spec, zero_dim
 
 _is_variable = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
@@ -47,16 +48,6 @@ def specs(tree, table: dict):
     def spec(x):
         return partition_spec(logical_names(x), table) if _is_variable(x) else jax.sharding.PartitionSpec()
     return jax.tree.map(spec, tree, is_leaf=_is_variable)
-
-
-def varying_axes(x) -> frozenset:
-    """Mesh axes over which `x` (an array or a ShapeDtypeStruct) differs between devices (inside shard_map)."""
-    if isinstance(x, jax.ShapeDtypeStruct):
-        manual = getattr(x, "manual_axis_type", None)
-        return frozenset(manual.varying if manual is not None else ())
-    aval = jax.typeof(x)
-    vma = getattr(aval, "vma", None)
-    return frozenset(vma if vma is not None else aval.mat.varying)
 
 
 def make_varying(x, axes: tuple):

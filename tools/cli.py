@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("meshtron: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:  # user-fixable errors are one line; anything else is a bug and keeps its traceback
         if isinstance(e, UserError):
             print(f"meshtron: error: {e}", file=sys.stderr)

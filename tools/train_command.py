@@ -37,8 +37,15 @@ def run(args) -> int:
     """Train, print a summary and a text sample."""
     from meshtron.train.loop import train
 
+    import jax
+
+    from meshtron.parallel.mesh import resolve_mesh_shape
+    from meshtron.train.data import check_source
+
     run_dir = Path(args.run_dir) if args.run_dir else None
     config, resuming = resolve_config(args.config, run_dir, args.overrides)
+    resolve_mesh_shape(config, jax.device_count())  # every config error before data, compilation or allocation
+    check_source(config.data)
     if run_dir is None:
         run_dir = Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     log = (lambda *a, **k: None) if args.json else print
@@ -53,8 +60,6 @@ def run(args) -> int:
     }
     sample = None
     if not result.interrupted and config.train.sample_tokens and config.train.sample_prompt is not None:
-        import jax
-
         from meshtron.train.generate import generate, load_run
 
         if jax.process_count() == 1:
@@ -63,8 +68,6 @@ def run(args) -> int:
                            temperature=0.8, top_k=40, seed=config.train.seed, eos_id=tokenizer.eos_id)
             sample = config.train.sample_prompt + tokenizer.decode(ids)
             summary["sample"] = sample
-    import jax
-
     if jax.process_index() != 0:  # one summary per job
         return 0
     if args.json:

@@ -159,6 +159,14 @@ class Dataset:
         return out
 
 
+def check_source(data: DataConfig) -> None:
+    """The cheap part of source validation, run before anything else (a missing path is a config error)."""
+    source = data.source.strip()
+    if source != "stdlib" and not source.startswith("tfds:") and not Path(source).expanduser().exists():
+        raise ConfigError(f"config key 'data.source': {source} does not exist; give stdlib, a text file or folder, "
+                          "or tfds:NAME")
+
+
 def prepare_data(config: Config, log=print) -> Dataset:
     """Prepare (or reuse from the cache) the dataset, tokenizer and token arrays of `config`."""
     data, seq_len = config.data, config.model.seq_len

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import signal
@@ -20,6 +21,7 @@ from meshtron.configs.loader import UserError, config_to_dict
 from meshtron.configs.schema import Config
 from meshtron.model.counting import count_params
 from meshtron.parallel.mesh import describe_mesh, mesh_for
+from meshtron.parallel.plan import make_plan
 from meshtron.train.checkpoint import Checkpointer, check_compatible, checkpoint_meta
 from meshtron.train.data import prepare_data
 from meshtron.train.metrics import MetricsWriter
@@ -118,7 +120,27 @@ def train(config: Config, run_dir: Path, log=print, stop_after: int | None = Non
     """
     run_dir = Path(run_dir)
     with run_lock(run_dir):
-        return _train(config, run_dir, log, stop_after)
+        try:
+            return _train(config, run_dir, log, stop_after)
+        except Exception as error:
+            if _disk_full(error):
+                raise TrainingStopped(f"no space left on the device of {run_dir}: the run stopped; earlier "
+                                      "checkpoints are intact. Free space (or lower checkpoint.keep) and resume "
+                                      f"with `meshtron train --run-dir {run_dir}`") from None
+            raise
+
+
+def _disk_full(error: BaseException) -> bool:
+    """True if `error` (or what caused it) is a full disk or quota; Orbax/TensorStore wrap the OSError."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _restore_latest(ckpt: Checkpointer, training: Training, config: Config, say):
@@ -154,6 +176,17 @@ def _train(config: Config, run_dir: Path, log, stop_after: int | None = None) ->
     shape, mesh = mesh_for(config)
     training = build_training(config, mesh, shape)
     ckpt = Checkpointer(run_dir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+    try:
+        return _run(config, run_dir, say, stop_after, data, shape, training, ckpt, is_main)
+    except BaseException:
+        with contextlib.suppress(BaseException):  # let pending background writes finish or fail quietly
+            ckpt.close()
+        raise
+
+
+def _run(config, run_dir, say, stop_after, data, shape, training, ckpt, is_main) -> RunResult:
+    """The body of a run once data, mesh and checkpointer exist."""
+    t, m = config.train, config.model
     tokenizer_bytes = data.tokenizer.model_bytes()
     if is_main:
         (run_dir / "tokenizer.model").write_bytes(tokenizer_bytes)
@@ -174,6 +207,13 @@ def _train(config: Config, run_dir: Path, log, stop_after: int | None = None) ->
     say(f"mesh: {describe_mesh(shape)}; ZeRO stage {config.parallel.zero_stage}; "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s), {jax.process_count()} process(es)")
     say(f"data: {data.key}, {data.train_tokens:,} training tokens; {tokens_per_step:,} tokens per step")
+    plan = make_plan(config, shape.devices)
+    say(f"plan per device: params {_mb(plan.params_bytes)}, optimizer {_mb(plan.optimizer_bytes)}, gradients "
+        f"{_mb(plan.grads_bytes)}, activations {_mb(plan.activation_bytes)} (remat {m.remat}); total "
+        f"{_mb(plan.total_bytes)} (`meshtron plan` for the breakdown)")
+    if config.parallel.zero_stage == 3 and not m.scan_layers:
+        say("warning: ZeRO-3 with model.scan_layers=false lets XLA keep every gathered block for the backward pass "
+            "(little memory saved); keep scan_layers=true")
     peak_devices, peak, peak_source = _peak(say)
     scaling = start_report(config, peak_devices, peak)
     if is_main:
@@ -272,6 +312,10 @@ def _train(config: Config, run_dir: Path, log, stop_after: int | None = None) ->
         say(f"stopping ({stop.signal_name}): saved step {step} to {ckpt.directory}; resume with "
             f"`meshtron train --run-dir {run_dir}`")
     return result
+
+
+def _mb(nbytes: float) -> str:
+    return f"{nbytes / 2**20:,.1f} MiB"
 
 
 def _peak(say) -> tuple[int, float, str]:
