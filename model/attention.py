@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from meshtron.configs.schema import ModelConfig
-from meshtron.model.layers import apply_rope, initializer, make_param, zeros_param
+from meshtron.model.layers import apply_rope, attention_implementation, initializer, make_param, zeros_param
 from meshtron.parallel import spmd
 
 
@@ -23,7 +23,7 @@ class Attention(nnx.Module):
         E, H, K, D = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head
         self.position = cfg.position
         self.rope_theta = cfg.rope_theta
-        self.implementation = None if cfg.attention == "auto" else cfg.attention
+        self.implementation = attention_implementation(cfg)
         in_init = initializer(cfg, in_axis=0, out_axis=(1, 2))
         self.q = make_param(rngs, in_init, (E, H, D), ("embed", "heads", "head_dim"), cfg)
         self.k = make_param(rngs, in_init, (E, K, D), ("embed", "kv_heads", "head_dim"), cfg)

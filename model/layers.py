@@ -25,6 +25,16 @@ def compute_dtype(cfg: ModelConfig):
     return DTYPES[cfg.compute_dtype]
 
 
+def attention_implementation(cfg: ModelConfig) -> str | None:
+    """The kernel for jax.nn.dot_product_attention: None lets JAX pick (cuDNN flash attention when the GPU,
+    dtype and shapes allow, XLA otherwise); `cudnn` asked for off a GPU falls back to XLA."""
+    if cfg.attention == "auto":
+        return None
+    if cfg.attention == "cudnn" and jax.default_backend() != "gpu":
+        return "xla"
+    return cfg.attention
+
+
 def initializer(cfg: ModelConfig, in_axis, out_axis, residual: bool = False):
     """Weight initialiser by config: gpt2 normal (residual outputs scaled by 1/sqrt(2L)), xavier or kaiming."""
     if cfg.init == "gpt2":

@@ -145,8 +145,8 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, vocab_size: int) -> jax
     """Per-token next-token loss from logits that may be split over devices by vocabulary.
 
     logits: (..., V_local) in float32, targets: (...) int. Padded vocabulary rows (ids >=
-    vocab_size) never count. The full logits are never gathered: only (...)-shaped max, sum
-    and target values cross devices.
+    vocab_size) never count; a target outside [0, vocab_size) gives NaN. The full logits are
+    never gathered: only (...)-shaped max, sum and target values cross devices.
     """
     layout = _ACTIVE.get()
     axes = layout.mesh_axes("vocab") if layout else ()
@@ -161,7 +161,10 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, vocab_size: int) -> jax
     if axes:
         sum_exp = jax.lax.psum(sum_exp, axes)
         target_logit = jax.lax.psum(target_logit, axes)
-    return jnp.log(sum_exp) - target_logit
+    loss = jnp.log(sum_exp) - target_logit
+    # a target outside the vocabulary is corrupt data: a NaN makes the step count as bad (skipped)
+    # instead of training silently on it
+    return jnp.where((targets >= 0) & (targets < vocab_size), loss, jnp.nan)
 
 
 def data_index() -> jax.Array | int:

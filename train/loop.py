@@ -119,6 +119,7 @@ def train(config: Config, run_dir: Path, log=print, stop_after: int | None = Non
     stop_after: end this invocation after that many steps, saving a checkpoint as a preemption would.
     """
     run_dir = Path(run_dir)
+    refuse_links_outside(run_dir)
     with run_lock(run_dir):
         try:
             return _train(config, run_dir, log, stop_after)
@@ -128,6 +129,21 @@ def train(config: Config, run_dir: Path, log=print, stop_after: int | None = Non
                                       "checkpoints are intact. Free space (or lower checkpoint.keep) and resume "
                                       f"with `meshtron train --run-dir {run_dir}`") from None
             raise
+
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "tokenizer.model", "checkpoints", "tensorboard")
+
+
+def refuse_links_outside(run_dir: Path) -> None:
+    """Meshtron writes only inside the run directory: a file or folder there that links elsewhere is refused."""
+    root = run_dir.resolve()
+    candidates = [run_dir / name for name in RUN_FILES] + list(run_dir.glob(".lock*"))
+    for path in candidates:
+        if path.is_symlink():
+            target = path.resolve()
+            if root not in target.parents and target != root:
+                raise UserError(f"{path} links to {target}, outside the run directory; Meshtron only writes inside "
+                                "it: remove the link or use another --run-dir")
 
 
 def _disk_full(error: BaseException) -> bool:
@@ -207,6 +223,8 @@ def _run(config, run_dir, say, stop_after, data, shape, training, ckpt, is_main)
     say(f"mesh: {describe_mesh(shape)}; ZeRO stage {config.parallel.zero_stage}; "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s), {jax.process_count()} process(es)")
     say(f"data: {data.key}, {data.train_tokens:,} training tokens; {tokens_per_step:,} tokens per step")
+    if m.attention == "cudnn" and jax.default_backend() != "gpu":
+        say(f"note: model.attention=cudnn needs a GPU; using XLA attention on {jax.default_backend()}")
     plan = make_plan(config, shape.devices)
     say(f"plan per device: params {_mb(plan.params_bytes)}, optimizer {_mb(plan.optimizer_bytes)}, gradients "
         f"{_mb(plan.grads_bytes)}, activations {_mb(plan.activation_bytes)} (remat {m.remat}); total "
@@ -275,13 +293,14 @@ def _run(config, run_dir, say, stop_after, data, shape, training, ckpt, is_main)
                 window_start, window_tokens = time.time(), 0
             if tracker.bad_run >= t.max_bad_steps:
                 tracker.flush()
-                good = step - tracker.bad_run
-                save(good, force=True)  # skipped steps left params and optimizer state as they were at `good`
+                # skipped steps left parameters and optimizer state as they were; saving them at this step
+                # moves the data stream past the batches that broke, as continuing would have
+                save(step, force=True)
                 ckpt.close()
                 metrics.close()
                 raise TrainingStopped(f"{tracker.bad_run} consecutive steps had a NaN/Inf loss or gradient (their "
-                                      f"updates were skipped); the last good state is saved as step {good}. Lower "
-                                      "train.lr or raise train.grad_clip, then resume")
+                                      f"updates were skipped); the last good state is saved as step {step}. "
+                                      "Lower train.lr or raise train.max_bad_steps, then resume")
             if t.eval_every and step % t.eval_every == 0 and step < t.steps:
                 evaluate(step)
             if config.checkpoint.every and step % config.checkpoint.every == 0 and step < t.steps:
