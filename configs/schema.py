@@ -177,7 +177,7 @@ class DataConfig:
     source: str = "stdlib"
     """Training text: stdlib (this Python's standard library source), a text file or folder, or tfds:NAME."""
     tokenizer: str = ""
-    """Path of a SentencePiece .model to use; empty: train one on the training text (cached)."""
+    """A SentencePiece .model or Hugging Face tokenizer.json to use; empty: train one on the training text (cached)."""
     val_fraction: float = 0.05
     """Fraction of documents held out for validation (sources without a validation split)."""
     tokenizer_chars: int = 4_000_000

@@ -6,76 +6,23 @@ import json
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
-from meshtron.configs import load_config
 from meshtron.configs.loader import UserError
 from meshtron.configs.schema import ModelConfig
-from meshtron.model import build_model
 from meshtron.train import hf_export, hf_tokenizer
 from meshtron.train.hf_export import export_hf, export_safetensors
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from conftest import TINY  # noqa: E402
-from test_hf_tokenizer import sp_model  # noqa: E402,F401  (the session's SentencePiece model)
+from hf_helpers import (TOLERANCE, hf_logits, load_hf, logits_fn, meshtron_model, params_of,  # noqa: E402,F401
+                        perturbed, random_tokens, tiny_cfg)
 
 CASES = {
     "gpt2_tied": ["model.family=gpt2"],
     "llama_gqa_untied": ["model.family=llama", "model.n_kv_heads=2", "model.rope_theta=500"],
     "llama_tied": ["model.family=llama", "model.tie_embeddings=true"],
 }
-TOLERANCE = 1e-4  # max abs logit difference, float32 on CPU
-
-
-# -- helpers shared with test_hf_import.py -------------------------------------------------------
-def tiny_cfg(*overrides: str) -> ModelConfig:
-    """A 2-layer, d_model 64, seq 32 model config; init_std 0.2 so logits are far from zero."""
-    return load_config("tiny", [*TINY, "model.init_std=0.2", *overrides]).model
-
-
-def meshtron_model(cfg: ModelConfig, params: dict | None = None, seed: int = 0):
-    """build_model, with `params` (a pure dict) loaded when given."""
-    with nnx.use_eager_sharding(False):  # no mesh in these tests
-        model = build_model(cfg, seed)
-    if params is not None:
-        state = nnx.state(model)
-        nnx.replace_by_pure_dict(state, params)
-        nnx.update(model, state)
-    return model
-
-
-def params_of(model) -> dict:
-    return nnx.to_pure_dict(nnx.state(model))
-
-
-def perturbed(model, seed: int = 0) -> dict:
-    """The model's params plus noise, so zero biases and unit norm scales are exercised too."""
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda x: np.asarray(x) + 0.1 * rng.standard_normal(x.shape).astype(np.float32),
-                        params_of(model))
-
-
-def logits_fn(model):
-    """A jitted tokens (B, T) -> float32 logits over the true vocabulary (B, T, V), as numpy."""
-    graphdef, state = nnx.split(model)
-    vocab = model.cfg.vocab_size
-    forward = jax.jit(lambda s, tokens: nnx.merge(graphdef, s)(tokens)[0][..., :vocab])
-    return lambda tokens: np.asarray(forward(state, tokens))
-
-
-def hf_logits(hf_model, tokens: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return hf_model(torch.as_tensor(tokens)).logits.numpy()
-
-
-def random_tokens(cfg: ModelConfig, batch: int = 2, seed: int = 1) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, cfg.seq_len))
-
-
-def load_hf(path):
-    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
 # -- export ---------------------------------------------------------------------------------------

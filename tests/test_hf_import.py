@@ -13,30 +13,8 @@ from meshtron.train.hf_import import import_hf
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_hf_export import (TOLERANCE, hf_logits, logits_fn, meshtron_model, perturbed, random_tokens,  # noqa: E402
-                            tiny_cfg)
-from test_hf_tokenizer import sp_model  # noqa: E402,F401  (the session's SentencePiece model)
-
-VOCAB = 300  # not a multiple of 128: the imported tables are padded
-HF_CONFIGS = {
-    "gpt2": lambda **kw: transformers.GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=64, n_layer=2, n_head=4,
-                                                 initializer_range=0.2, **kw),
-    "llama_gqa": lambda **kw: transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=32, rms_norm_eps=1e-5, initializer_range=0.2,
-        rope_parameters={"rope_theta": 500.0, "rope_type": "default"}, **kw),
-}
-
-
-def save_hf_model(kind: str, path, seed: int = 0, **config):
-    """A random transformers model (noise on every weight, biases and norms included) saved with save_pretrained."""
-    torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(HF_CONFIGS[kind](**config)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(path)
-    return model
+from hf_helpers import (HF_CONFIGS, TOLERANCE, VOCAB, hf_logits, logits_fn, meshtron_model,  # noqa: E402,F401
+                        perturbed, random_tokens, save_hf_model, tiny_cfg)
 
 
 @pytest.mark.parametrize("kind", list(HF_CONFIGS))

@@ -7,9 +7,11 @@ import pytest
 
 from meshtron.configs.loader import UserError
 from meshtron.train.hf_tokenizer import bpe_merges, build_hf_tokenizer, write_hf_tokenizer
-from meshtron.train.tokenizer import Tokenizer, train_tokenizer
+from meshtron.train.tokenizer import Tokenizer
 
 pytest.importorskip("tokenizers")
+
+from hf_helpers import HELD_OUT  # noqa: E402
 
 # Text the tokenizer never saw: unicode, tabs, blank lines, leading spaces, literal special tokens.
 EDGE_CASES = [
@@ -17,16 +19,6 @@ EDGE_CASES = [
     "a  b   c    d", "héllo wörld — ünïcödé 日本語 😀", "<s> </s> <unk> x</s>", "\u00a0nbsp\u2003em",
     "\r\nline\r\n", "12345 67.89e-10 0x1F", "\x00\x01\x7f", "def f(a,\tb):\n\tif a:\n\t\treturn 'λ → ∞'\n\n\n", "x" * 500,
 ]
-HELD_OUT = ["tokenize.py", "pprint.py", "calendar.py", "html/parser.py", "csv.py"]  # not in the training corpus
-
-
-@pytest.fixture(scope="session")
-def sp_model(text_corpus, tmp_path_factory) -> Path:
-    """A 512-piece SentencePiece model trained by Meshtron on ~200 KB of Python source."""
-    texts = (p.read_text(encoding="utf-8") for p in sorted(text_corpus.glob("*.py")))
-    path = tmp_path_factory.mktemp("sp") / "tokenizer.model"
-    train_tokenizer(texts, 512, path, max_chars=200_000)
-    return path
 
 
 @pytest.fixture(scope="module")

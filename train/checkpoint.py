@@ -92,6 +92,22 @@ class Checkpointer:
         self.manager.reload()
         return target
 
+    def restore_params(self, step: int, abstract_params):
+        """Only the params of checkpoint `step` (the optimizer state is never read), onto the shardings of
+        `abstract_params`, re-padding vocabulary rows as restore() does. Orbax binds one restore kind per
+        manager: use a fresh Checkpointer for this."""
+        saved_rows = int(self.read_meta(step).get("vocab_rows", 0))
+        want_rows = _vocab_rows(abstract_params)
+        resize = bool(saved_rows) and saved_rows != want_rows
+        target = {"params": jax.tree.map(lambda x: _with_rows(x, want_rows, saved_rows), abstract_params)
+                  if resize else abstract_params}
+        args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                      partial_restore=True)
+        params = self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]["params"]
+        if resize:
+            params = jax.tree.map(lambda x, want: _resize_rows(x, want, saved_rows), params, abstract_params)
+        return params
+
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
         self.manager.wait_until_finished()

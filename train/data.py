@@ -24,7 +24,7 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from meshtron.configs.loader import ConfigError, UserError
+from meshtron.configs.loader import ConfigError
 from meshtron.configs.schema import Config, DataConfig
 from meshtron.train.corpus import text_splits
 from meshtron.train.tokenizer import TRAINER_OPTIONS, Tokenizer, train_tokenizer
@@ -71,10 +71,13 @@ def _documents(source, data: DataConfig) -> grain.MapDataset:
     return ds.map(lambda r: _text(r, key))
 
 
-def _tokenizer(config: Config, train_docs: grain.MapDataset, dataset_key: str, root: Path, log) -> Tokenizer:
+def _tokenizer(config: Config, train_docs: grain.MapDataset, dataset_key: str, root: Path, log,
+               run_dir: Path | None) -> Tokenizer:
     data, vocab = config.data, config.model.vocab_size
     if data.tokenizer:
         tokenizer = Tokenizer(Path(data.tokenizer).expanduser())
+    elif run_dir is not None and any((Path(run_dir) / n).is_file() for n in ("tokenizer.model", "tokenizer.json")):
+        tokenizer = Tokenizer.from_run_dir(run_dir)  # a run keeps the tokenizer it started with
     else:
         options = hashlib.sha256(repr(sorted(TRAINER_OPTIONS.items())).encode()).hexdigest()[:8]
         path = root / "tokenizers" / f"{dataset_key}-v{vocab}-c{data.tokenizer_chars}-{options}.model"
@@ -167,8 +170,9 @@ def check_source(data: DataConfig) -> None:
                           "or tfds:NAME")
 
 
-def prepare_data(config: Config, log=print) -> Dataset:
-    """Prepare (or reuse from the cache) the dataset, tokenizer and token arrays of `config`."""
+def prepare_data(config: Config, log=print, run_dir: Path | None = None) -> Dataset:
+    """Prepare (or reuse from the cache) the dataset, tokenizer and token arrays of `config`; a run directory
+    that already holds a tokenizer keeps it."""
     data, seq_len = config.data, config.model.seq_len
     root = cache_root(data)
     try:
@@ -180,7 +184,7 @@ def prepare_data(config: Config, log=print) -> Dataset:
     train_docs, val_docs = _documents(train_src, data), _documents(val_src, data)
     if len(train_docs) == 0:
         raise ConfigError(f"config key 'data.source': {data.source} has no documents")
-    tokenizer = _tokenizer(config, train_docs, key, root, log)
+    tokenizer = _tokenizer(config, train_docs, key, root, log, run_dir)
     tok_key = hashlib.sha256(tokenizer.model_bytes()).hexdigest()[:12]
     limit = f"-n{data.max_documents}" if data.max_documents else ""
     arrays = {split: _token_array(docs, tokenizer, root / "tokens" / f"{key}-{tok_key}{limit}-{split}.bin", log)
@@ -191,11 +195,3 @@ def prepare_data(config: Config, log=print) -> Dataset:
             raise ConfigError(f"config key 'data.source': the {name} split has {len(windows.tokens)} tokens, fewer "
                               f"than model.seq_len + 1 = {seq_len + 1}; add text or lower model.seq_len")
     return Dataset(tokenizer=tokenizer, train=train, val=val, key=key)
-
-
-def load_tokenizer(run_dir: Path) -> Tokenizer:
-    """The tokenizer saved in a run directory."""
-    path = Path(run_dir) / "tokenizer.model"
-    if not path.exists():
-        raise UserError(f"{run_dir} has no tokenizer.model; is it a Meshtron run directory?")
-    return Tokenizer(path)

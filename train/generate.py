@@ -79,34 +79,8 @@ def generate(model: Transformer, prompt_ids: list[int], max_new_tokens: int, tem
 
 def load_run(run_dir, step: int | None = None):
     """(model on one device, tokenizer, config, step) from a run directory's latest (or given) checkpoint."""
-    from pathlib import Path
+    from meshtron.train.run_io import load_run_params
+    from meshtron.train.tokenizer import Tokenizer
 
-    from meshtron.configs.loader import config_from_dict
-    from meshtron.parallel.mesh import mesh_for
-    from meshtron.train.checkpoint import Checkpointer
-    from meshtron.train.data import load_tokenizer
-    from meshtron.train.step import build_training
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise UserError(f"{run_dir} is not a Meshtron run directory (no config.yaml)")
-    import dataclasses
-
-    import yaml
-
-    config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    ckpt = Checkpointer(run_dir, async_save=False)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-        raise UserError(f"{run_dir} has no checkpoint yet; train it first")
-    saved_rows = int(ckpt.read_meta(step).get("vocab_rows", 0))
-    single = dataclasses.replace(config, parallel=dataclasses.replace(config.parallel, replica=1, data=1, tensor=1,
-                                                                      zero_stage=0))
-    shape, mesh = mesh_for(single, jax.devices()[:1])
-    training = build_training(single, mesh, shape)
-    abstract_params, abstract_opt = training.abstract_state()
-    params, _, _ = ckpt.restore(step, abstract_params, abstract_opt)
-    ckpt.close()
-    del saved_rows
-    model = nnx.merge(training.graphdef, params)
-    return model, load_tokenizer(run_dir), config, step
+    run = load_run_params(run_dir, step)
+    return run.model(), Tokenizer.from_run_dir(run_dir), run.config, run.step

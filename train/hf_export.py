@@ -255,11 +255,8 @@ def hf_config(arch: Architecture, cfg: ModelConfig, bos_id: int | None, eos_id: 
     return out
 
 
-def _hf_tensors(arch, cfg, flat, dtype) -> Iterator[tuple[str, np.ndarray]]:
+def _hf_tensors(arch, cfg, flat, np_dtype) -> Iterator[tuple[str, np.ndarray]]:
     """(name, array) in file order: whole-model tensors, then layer by layer."""
-    import ml_dtypes  # numpy's bfloat16 (a jax dependency)
-
-    np_dtype = np.float32 if dtype == "float32" else ml_dtypes.bfloat16
     rows = [t for t in arch.tensors if wanted(arch, cfg, t)]
     layer_rows = [t for t in rows if t.per_layer]
     for t in rows:
@@ -343,15 +340,15 @@ def _checked_params(cfg: ModelConfig, params: dict) -> dict[str, np.ndarray]:
     return flat
 
 
-def export_hf(model_cfg: ModelConfig, params: dict, tokenizer_model_path: Path | None, out_dir: Path,
+def export_hf(model_cfg: ModelConfig, params: dict, tokenizer_path: Path | None, out_dir: Path,
               max_shard_bytes: int = 5 * 2**30, *, dtype: str = "float32", overwrite: bool = False) -> Path:
-    """Write a Hugging Face directory (config, safetensors weights, generation config and, given a
-    SentencePiece model, the tokenizer) that transformers loads offline; returns out_dir."""
-    from meshtron.train import hf_tokenizer, tokenizer
+    """Write a Hugging Face directory (config, safetensors weights, generation config and, given the run's
+    tokenizer.model or tokenizer.json, the tokenizer) that transformers loads offline; returns out_dir."""
+    from meshtron.train import hf_tokenizer
+    from meshtron.train.tokenizer import BOS_ID, EOS_ID, Tokenizer
 
     arch = check_exportable(model_cfg)
-    if dtype not in DTYPES:
-        raise UserError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    np_dtype = _np_dtype(dtype)
     flat = _checked_params(model_cfg, params)
     V = model_cfg.vocab_size
     flat["embed.tokens"] = flat["embed.tokens"][:V]  # drop the padding rows: HF's vocab is the true one
@@ -359,28 +356,37 @@ def export_hf(model_cfg: ModelConfig, params: dict, tokenizer_model_path: Path |
         flat["head"] = flat["head"][:, :V]
     for key, shape in hf_side_shapes(model_cfg, vocab_rows=V).items():
         flat.setdefault(key, np.zeros(shape, np.float32))
-    special = {"bos": tokenizer.BOS_ID, "eos": tokenizer.EOS_ID}
-    if tokenizer_model_path is not None:
-        special = hf_tokenizer.special_token_ids(tokenizer_model_path)
-        pieces = hf_tokenizer.piece_count(tokenizer_model_path)
-        if pieces > V:
-            raise UserError(f"tokenizer {tokenizer_model_path} has {pieces} pieces but model.vocab_size={V}; "
-                            "export with the tokenizer the model was trained with")
+    tokenizer = Tokenizer(tokenizer_path) if tokenizer_path is not None else None
+    special = {"bos": BOS_ID, "eos": EOS_ID} if tokenizer is None else {"bos": tokenizer.bos_id,
+                                                                        "eos": tokenizer.eos_id}
+    if tokenizer is not None and tokenizer.vocab_size > V:
+        raise UserError(f"tokenizer {tokenizer_path} has {tokenizer.vocab_size} ids but model.vocab_size={V}; "
+                        "export with the tokenizer the model was trained with")
     with atomic_dir(out_dir, overwrite) as tmp:
-        if tokenizer_model_path is not None:  # first: it fails fast (no `tokenizers` package)
-            hf_tokenizer.write_hf_tokenizer(tokenizer_model_path, tmp, model_max_length=model_cfg.seq_len)
-            shutil.copyfile(tokenizer_model_path, tmp / "tokenizer.model")  # the SentencePiece original, for import
-        write_weights(_hf_tensors(arch, model_cfg, flat, dtype), tmp, max_shard_bytes)
+        if tokenizer is not None:  # first: it fails fast (no `tokenizers` package)
+            hf_tokenizer.write_tokenizer(tokenizer, tmp, model_max_length=model_cfg.seq_len)
+        write_weights(_hf_tensors(arch, model_cfg, flat, np_dtype), tmp, max_shard_bytes)
         _write_json(tmp / "config.json", hf_config(arch, model_cfg, special["bos"], special["eos"], dtype))
         _write_json(tmp / "generation_config.json", {"bos_token_id": special["bos"], "eos_token_id": special["eos"]})
     return Path(out_dir)
 
 
-def export_safetensors(model_cfg: ModelConfig, params: dict, out_dir: Path, *, overwrite: bool = False) -> Path:
+def export_safetensors(model_cfg: ModelConfig, params: dict, out_dir: Path, max_shard_bytes: int = 5 * 2**30, *,
+                       dtype: str = "float32", overwrite: bool = False) -> Path:
     """Write Meshtron's own consolidated weights (model.safetensors, dotted names such as
     "blocks.attn.q", layers stacked, vocabulary padded) and model_config.json; returns out_dir."""
+    np_dtype = _np_dtype(dtype)
     flat = _checked_params(model_cfg, params)
     with atomic_dir(out_dir, overwrite) as tmp:
-        write_weights(flat.items(), tmp, max_shard_bytes=2**62)
+        write_weights(((k, v.astype(np_dtype)) for k, v in flat.items()), tmp, max_shard_bytes)
         _write_json(tmp / "model_config.json", dataclasses.asdict(model_cfg))
     return Path(out_dir)
+
+
+def _np_dtype(dtype: str):
+    """The numpy dtype of a --dtype name (bfloat16 is ml_dtypes', a jax dependency)."""
+    import ml_dtypes
+
+    if dtype not in DTYPES:
+        raise UserError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return np.float32 if dtype == "float32" else ml_dtypes.bfloat16

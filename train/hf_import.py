@@ -1,7 +1,8 @@
 """A Hugging Face directory (GPT-2 or Llama, safetensors) -> a Meshtron ModelConfig and parameters.
 
-Reads only config.json (as JSON) and *.safetensors (as raw arrays): no code from the directory
-runs and no pickle is opened. The tensor tables are hf_export's, read backwards.
+Reads only config.json and generation_config.json (as JSON), *.safetensors (as raw arrays) and the
+tokenizer (tokenizer.model or tokenizer.json, as data): no code from the directory runs and no
+pickle is opened. The tensor tables are hf_export's, read backwards.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from meshtron.configs.loader import ConfigError, UserError, build_config
 from meshtron.configs.schema import ModelConfig
 from meshtron.train.hf_export import (ARCHITECTURES, GPT2, INDEX_NAME, Architecture, hf_side_shapes, param_shapes,
                                       unflatten_params, wanted)
+from meshtron.train.tokenizer import Tokenizer
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack")
 # Non-persistent buffers some older checkpoints still store; Meshtron computes them.
@@ -29,10 +31,10 @@ HF_DEFAULTS = {
 }
 
 
-def _read_config(hf_dir: Path) -> dict:
-    path = hf_dir / "config.json"
+def _read_config(hf_dir: Path, name: str = "config.json") -> dict:
+    path = hf_dir / name
     if not path.is_file():
-        raise UserError(f"{hf_dir} has no config.json; give a Hugging Face model directory")
+        raise UserError(f"{hf_dir} has no {name}; give a Hugging Face model directory")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -176,12 +178,32 @@ def _pad_vocab(cfg: ModelConfig, flat: dict[str, np.ndarray]) -> None:
 
 
 def tokenizer_source(hf_dir: Path) -> Path | None:
-    """The directory's tokenizer: tokenizer.model (SentencePiece, usable by Meshtron as is), else
-    tokenizer.json (a Hugging Face tokenizer Meshtron cannot load yet), else None."""
+    """The directory's tokenizer: tokenizer.model (SentencePiece, as Meshtron exports it), else
+    tokenizer.json (a Hugging Face tokenizer, as the hub has it), else None."""
     for name in ("tokenizer.model", "tokenizer.json"):
         if (hf_dir / name).is_file():
             return hf_dir / name
     return None
+
+
+def import_tokenizer(hf_dir: Path) -> Tokenizer:
+    """The directory's tokenizer with the EOS / BOS ids its config.json (else generation_config.json, else the
+    tokenizer itself) names; a UserError if it has no tokenizer."""
+    hf_dir = Path(hf_dir)
+    source = tokenizer_source(hf_dir)
+    if source is None:
+        raise UserError(f"{hf_dir} has no tokenizer.model or tokenizer.json; Meshtron trains and generates with the "
+                        "model's own tokenizer: copy it into the directory")
+    configs = [_read_config(hf_dir)]
+    if (hf_dir / "generation_config.json").is_file():
+        configs.append(_read_config(hf_dir, "generation_config.json"))
+    ids = {}
+    for which in ("eos", "bos"):
+        found = [c.get(f"{which}_token_id") for c in configs]
+        # a list (Llama 3 has two end tokens): the first is the one that ends documents
+        found = [x[0] if isinstance(x, list) and x else x for x in found]
+        ids[which] = next((x for x in found if isinstance(x, int) and not isinstance(x, bool)), None)
+    return Tokenizer(source, eos_id=ids["eos"], bos_id=ids["bos"])
 
 
 def import_hf(hf_dir: Path) -> tuple[ModelConfig, dict, Path | None]:

@@ -18,11 +18,13 @@ held-out Python source (5 files, 3,000+ lines) and unicode/whitespace edge cases
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import sentencepiece as spm
 
 from meshtron.configs.loader import UserError
+from meshtron.train.tokenizer import Tokenizer
 
 SPACE = "\u2581"  # "▁", SentencePiece's visible space
 
@@ -102,10 +104,26 @@ def write_hf_tokenizer(sp_model_path: Path, out_dir: Path, model_max_length: int
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `out_dir`
     (loads with AutoTokenizer as a PreTrainedTokenizerFast); returns the paths written."""
     proto = _model_proto(sp_model_path)
-    out_dir = Path(out_dir)
-    tokenizer_path = out_dir / "tokenizer.json"
+    tokenizer_path = Path(out_dir) / "tokenizer.json"
     build_hf_tokenizer(sp_model_path).save(str(tokenizer_path))
     special = {f"{w}_token": _special(proto, w) for w in ("bos", "eos", "unk", "pad")}
+    return [tokenizer_path, *_write_tokenizer_config(out_dir, special, model_max_length)]
+
+
+def write_tokenizer(tokenizer: Tokenizer, out_dir: Path, model_max_length: int) -> list[Path]:
+    """The Hugging Face tokenizer files of a run's tokenizer: converted from SentencePiece (whose model is
+    copied too, as tokenizer.model, for a lossless import), or a tokenizer.json copied as it is."""
+    out_dir = Path(out_dir)
+    if tokenizer.kind == "sentencepiece":
+        written = write_hf_tokenizer(tokenizer.path, out_dir, model_max_length)
+        shutil.copyfile(tokenizer.path, out_dir / "tokenizer.model")
+        return [*written, out_dir / "tokenizer.model"]
+    shutil.copyfile(tokenizer.path, out_dir / "tokenizer.json")
+    return [out_dir / "tokenizer.json", *_write_tokenizer_config(out_dir, tokenizer.special_tokens(),
+                                                                 model_max_length)]
+
+
+def _write_tokenizer_config(out_dir: Path, special: dict[str, str | None], model_max_length: int) -> list[Path]:
     special = {k: v for k, v in special.items() if v is not None}
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -113,24 +131,12 @@ def write_hf_tokenizer(sp_model_path: Path, out_dir: Path, model_max_length: int
         # Meshtron trains without BOS (documents are separated by EOS), so prompts get none either
         "add_bos_token": False,
         "add_eos_token": False,
-        # SentencePiece never reads "<s>" in text as the control token; neither does this tokenizer
+        # Meshtron never reads "<s>" or "<|endoftext|>" in text as the control token; neither does this tokenizer
         "split_special_tokens": True,
         "clean_up_tokenization_spaces": False,  # decoding is exact: keep " ." and " 's" as written
         **special,
     }
-    written = [tokenizer_path, out_dir / "tokenizer_config.json", out_dir / "special_tokens_map.json"]
-    written[1].write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    written[2].write_text(json.dumps(special, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    written = [Path(out_dir) / "tokenizer_config.json", Path(out_dir) / "special_tokens_map.json"]
+    written[0].write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    written[1].write_text(json.dumps(special, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return written
-
-
-def special_token_ids(sp_model_path: Path) -> dict[str, int | None]:
-    """bos/eos/unk/pad ids of a SentencePiece model (None where it has none)."""
-    spec = _model_proto(sp_model_path).trainer_spec
-    return {w: (i if i >= 0 else None) for w, i in
-            (("bos", spec.bos_id), ("eos", spec.eos_id), ("unk", spec.unk_id), ("pad", spec.pad_id))}
-
-
-def piece_count(sp_model_path: Path) -> int:
-    """Number of pieces (ids) of a SentencePiece model."""
-    return len(_model_proto(sp_model_path).pieces)

@@ -131,7 +131,8 @@ def train(config: Config, run_dir: Path, log=print, stop_after: int | None = Non
             raise
 
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "tokenizer.model", "checkpoints", "tensorboard")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+             "checkpoints", "tensorboard")
 
 
 def refuse_links_outside(run_dir: Path) -> None:
@@ -184,11 +185,10 @@ def _reason(error: Exception) -> str:
 
 
 def _train(config: Config, run_dir: Path, log, stop_after: int | None = None) -> RunResult:
-    t, m = config.train, config.model
     is_main = jax.process_index() == 0
     say = log if is_main else (lambda *a, **k: None)
 
-    data = prepare_data(config, log=say)
+    data = prepare_data(config, log=say, run_dir=run_dir)
     shape, mesh = mesh_for(config)
     training = build_training(config, mesh, shape)
     ckpt = Checkpointer(run_dir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
@@ -205,7 +205,7 @@ def _run(config, run_dir, say, stop_after, data, shape, training, ckpt, is_main)
     t, m = config.train, config.model
     tokenizer_bytes = data.tokenizer.model_bytes()
     if is_main:
-        (run_dir / "tokenizer.model").write_bytes(tokenizer_bytes)
+        data.tokenizer.save_to(run_dir)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
     restored = _restore_latest(ckpt, training, config, say)
@@ -217,25 +217,11 @@ def _run(config, run_dir, say, stop_after, data, shape, training, ckpt, is_main)
         opt_state = training.init_opt_state(params)
         step = 0
 
-    counts = count_params(m)
     tokens_per_step = t.batch_size * m.seq_len
-    say(f"model: {config.name} ({m.family}), {counts.total:,} parameters ({counts.non_embedding:,} non-embedding)")
-    say(f"mesh: {describe_mesh(shape)}; ZeRO stage {config.parallel.zero_stage}; "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s), {jax.process_count()} process(es)")
-    say(f"data: {data.key}, {data.train_tokens:,} training tokens; {tokens_per_step:,} tokens per step")
-    if m.attention == "cudnn" and jax.default_backend() != "gpu":
-        say(f"note: model.attention=cudnn needs a GPU; using XLA attention on {jax.default_backend()}")
-    plan = make_plan(config, shape.devices)
-    say(f"plan per device: params {_mb(plan.params_bytes)}, optimizer {_mb(plan.optimizer_bytes)}, gradients "
-        f"{_mb(plan.grads_bytes)}, activations {_mb(plan.activation_bytes)} (remat {m.remat}); total "
-        f"{_mb(plan.total_bytes)} (`meshtron plan` for the breakdown)")
-    if config.parallel.zero_stage == 3 and not m.scan_layers:
-        say("warning: ZeRO-3 with model.scan_layers=false lets XLA keep every gathered block for the backward pass "
-            "(little memory saved); keep scan_layers=true")
+    _announce(config, data, shape, say)
     peak_devices, peak, peak_source = _peak(say)
     scaling = start_report(config, peak_devices, peak)
-    if is_main:
-        say(format_start_report(scaling))
+    say(format_start_report(scaling))
 
     train_step = training.compile_train_step()
     eval_step = training.compile_eval_step()
@@ -274,8 +260,9 @@ def _run(config, run_dir, say, stop_after, data, shape, training, ckpt, is_main)
                 window_start = time.time()
             else:
                 window_tokens += tokens_per_step
-            stopping = stop.signal_name is not None or (stop_after is not None and step - first_step >= stop_after)
-            if step % t.log_every == 0 or step == t.steps or stopping:
+            if stop_after is not None and step - first_step >= stop_after and step < t.steps:
+                stop.signal_name = f"a stop after {stop_after} steps"
+            if step % t.log_every == 0 or step == t.steps or stop.signal_name is not None:
                 tracker.flush()
                 elapsed = time.time() - window_start
                 rate = window_tokens / elapsed if window_tokens and elapsed > 0 else None  # None: compile step
@@ -305,8 +292,6 @@ def _run(config, run_dir, say, stop_after, data, shape, training, ckpt, is_main)
                 evaluate(step)
             if config.checkpoint.every and step % config.checkpoint.every == 0 and step < t.steps:
                 save(step)
-            if stop_after is not None and step - first_step >= stop_after and step < t.steps:
-                stop.signal_name = f"a stop after {stop_after} steps"
             if stop.signal_name is not None:
                 result.interrupted = True
                 break
@@ -322,7 +307,8 @@ def _run(config, run_dir, say, stop_after, data, shape, training, ckpt, is_main)
     ckpt.close()
     final_loss = result.losses[-1][1] if result.losses else None
     spent = end_report(scaling, step, timed_seconds, timed_tokens, final_loss, result.eval_loss, peak_devices, peak)
-    metrics.write({"step": step, "event": "scaling_end", **_flat(spent)})
+    # the evaluation line above already carries eval_loss: evaluation lines stay the only ones with it
+    metrics.write({"step": step, "event": "scaling_end", **{k: v for k, v in _flat(spent).items() if k != "eval_loss"}})
     result.summary = spent
     if timed_seconds:
         say(format_end_report(spent))
@@ -331,6 +317,26 @@ def _run(config, run_dir, say, stop_after, data, shape, training, ckpt, is_main)
         say(f"stopping ({stop.signal_name}): saved step {step} to {ckpt.directory}; resume with "
             f"`meshtron train --run-dir {run_dir}`")
     return result
+
+
+def _announce(config: Config, data, shape, say) -> None:
+    """What the run is about to do: model, mesh and strategy, data, the plan's per-device memory."""
+    m = config.model
+    counts = count_params(m)
+    say(f"model: {config.name} ({m.family}), {counts.total:,} parameters ({counts.non_embedding:,} non-embedding)")
+    say(f"mesh: {describe_mesh(shape)}; ZeRO stage {config.parallel.zero_stage}; "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s), {jax.process_count()} process(es)")
+    say(f"data: {data.key}, {data.train_tokens:,} training tokens; "
+        f"{config.train.batch_size * m.seq_len:,} tokens per step")
+    if m.attention == "cudnn" and jax.default_backend() != "gpu":
+        say(f"note: model.attention=cudnn needs a GPU; using XLA attention on {jax.default_backend()}")
+    plan = make_plan(config, shape.devices)
+    say(f"plan per device: params {_mb(plan.params_bytes)}, optimizer {_mb(plan.optimizer_bytes)}, gradients "
+        f"{_mb(plan.grads_bytes)}, activations {_mb(plan.activation_bytes)} (remat {m.remat}); total "
+        f"{_mb(plan.total_bytes)} (`meshtron plan` for the breakdown)")
+    if config.parallel.zero_stage == 3 and not m.scan_layers:
+        say("warning: ZeRO-3 with model.scan_layers=false lets XLA keep every gathered block for the backward pass "
+            "(little memory saved); keep scan_layers=true")
 
 
 def _mb(nbytes: float) -> str:
