@@ -48,12 +48,14 @@ def measure_matmul_peak(dtype=None, size: int | None = None, repeats: int | None
     b = jax.random.normal(key_b, (size, size), dtype)
     matmul = jax.jit(lambda x, y: x @ y)
     matmul(a, b).block_until_ready()  # compile and warm caches outside the timing
-    start = time.perf_counter()
-    for _ in range(repeats):
-        out = matmul(a, b)
-    out.block_until_ready()  # dispatch is asynchronous: wait for the last product only
-    seconds = time.perf_counter() - start
-    return 2.0 * size**3 * repeats / seconds
+    best = float("inf")
+    for _ in range(3):  # the best of three trials: a peak is what the hardware can do, not its worst moment
+        start = time.perf_counter()
+        for _ in range(repeats):
+            out = matmul(a, b)
+        out.block_until_ready()  # dispatch is asynchronous: wait for the last product only
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 * repeats / best
 
 
 @functools.lru_cache(maxsize=None)
