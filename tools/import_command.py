@@ -29,7 +29,7 @@ def run(args) -> int:
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise UserError(f"{tokenizer.path} has {tokenizer.vocab_size} ids but the model only {model_cfg.vocab_size} "
                         "embedding rows; the tokenizer does not belong to this model")
-    config = imported_config(model_cfg, run_dir / tokenizer.file_name)
+    config = imported_config(model_cfg)
     write_run(run_dir, config, params, tokenizer)
     n_params = count_params(model_cfg).total
     summary = {"hf_dir": str(hf_dir), "run_dir": str(run_dir), "family": model_cfg.family, "step": 0,

@@ -95,15 +95,14 @@ def check_new_run_dir(run_dir: Path) -> None:
         raise UserError(f"--run-dir {run_dir} {what}; give a new or empty directory")
 
 
-def imported_config(model_cfg: ModelConfig, tokenizer_file: Path) -> Config:
-    """An imported model with the tiny preset's train, data and checkpoint settings; the data pipeline
-    uses the imported tokenizer (`data.tokenizer`), never one trained on new text."""
+def imported_config(model_cfg: ModelConfig) -> Config:
+    """An imported model with the tiny preset's train, data and checkpoint settings. Training it keeps the
+    tokenizer saved in the run directory (a run always does), never one trained on new text."""
     base = load_config("tiny")
     config = dataclasses.replace(
         base, name=f"imported-{model_cfg.family}", model=model_cfg,
         # the end-of-training sample must fit the context (tiny's 64 tokens assume seq_len 128)
-        train=dataclasses.replace(base.train, sample_tokens=min(base.train.sample_tokens, model_cfg.seq_len // 2)),
-        data=dataclasses.replace(base.data, tokenizer=str(Path(tokenizer_file).resolve())))
+        train=dataclasses.replace(base.train, sample_tokens=min(base.train.sample_tokens, model_cfg.seq_len // 2)))
     validate(config)
     return config_from_dict(config_to_dict(config))  # exactly what config.yaml will give back
 
