@@ -11,18 +11,14 @@ synthetic data both reach the same minimum (the test checks the recovered consta
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import glob
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import scipy
 import yaml
 from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
 
 from meshtron.configs.loader import UserError
 from meshtron.train.scaling.laws import Law
@@ -109,24 +105,13 @@ class Fit3:
                 "intervals": {k: list(v) for k, v in self.intervals.items()}}
 
 
-@contextlib.contextmanager
 def _one_blas_thread():
-    """Pin scipy's OpenBLAS to one thread while L-BFGS-B runs.
+    """Pin BLAS (scipy's and numpy's OpenBLAS) to one thread while L-BFGS-B runs.
 
     L-BFGS-B makes thousands of BLAS calls on 5-vectors; OpenBLAS's worker threads only spin on
-    them, and on a busy 2-core machine that made a fit 50x slower. No-op where scipy has no OpenBLAS.
+    them, and on a busy 2-core machine that made a fit 50x slower.
     """
-    libs = []
-    for path in glob.glob(os.path.join(os.path.dirname(scipy.__file__) + ".libs", "libscipy_openblas*")):
-        lib = ctypes.CDLL(path)
-        if hasattr(lib, "scipy_openblas_get_num_threads") and hasattr(lib, "scipy_openblas_set_num_threads"):
-            libs.append((lib, lib.scipy_openblas_get_num_threads()))
-            lib.scipy_openblas_set_num_threads(1)
-    try:
-        yield
-    finally:
-        for lib, threads in libs:
-            lib.scipy_openblas_set_num_threads(threads)
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _polish(starts: np.ndarray, args: tuple) -> tuple[np.ndarray, float]:
