@@ -70,7 +70,6 @@ def compile_step(config: Config, shape: MeshShape) -> CompiledFigures:
     memory and collectives (cached: a config and mesh compile once per process)."""
     import jax
     import jax.numpy as jnp
-    from jax.sharding import NamedSharding
 
     from meshtron.train.step import build_training
 
@@ -78,8 +77,7 @@ def compile_step(config: Config, shape: MeshShape) -> CompiledFigures:
     mesh = build_mesh(shape, jax.devices()[:shape.devices])
     training = build_training(config, mesh, shape)
     params, opt_state = training.abstract_state()
-    tokens = jax.ShapeDtypeStruct((config.train.batch_size, config.model.seq_len + 1), jnp.int32,
-                                  sharding=NamedSharding(mesh, training.batch_spec))
+    tokens = training.abstract_batch()
     step = jax.ShapeDtypeStruct((), jnp.int32)
     lowered = training.compile_train_step().lower(params, opt_state, tokens, step)
     # the plan reads the HLO and its buffer assignment, both settled before code generation, and never

@@ -44,13 +44,16 @@ class Layout:
     params: dict = field(default_factory=dict)  # logical name -> tuple of mesh axes (storage of parameters)
     compute: dict = field(default_factory=dict)  # logical name -> mesh axes while computing (tensor only)
     data_axes: tuple = ()  # mesh axes the batch is split over
-    axis_sizes: dict = field(default_factory=dict)  # mesh axis -> size
     gather_dtype: object = None  # ZeRO-3 gathers weights already cast to the compute dtype
 
     @property
     def gathers_params(self) -> bool:
         """True under ZeRO-3: some parameter axis is stored split but computed whole."""
-        return any(set(axes) - set(self.compute.get(name, ())) for name, axes in self.params.items())
+        return any(self.gathered_axes(name) for name in self.params)
+
+    def gathered_axes(self, name: str) -> tuple:
+        """Mesh axes the logical axis `name` is stored split over but computed whole (ZeRO-3 gathers them)."""
+        return tuple(a for a in self.params.get(name, ()) if a not in self.compute.get(name, ()))
 
     def mesh_axes(self, *logical: str) -> tuple:
         """Mesh axes that split any of these logical axes while computing."""
@@ -201,12 +204,13 @@ def gather_params(tree):
 
     def gather(variable):
         names = variable.get_metadata().get("out_sharding") or ()
+        per_dim = [layout.gathered_axes(name) for name in names]
+        if not any(per_dim):
+            return variable
         value = variable[...]
-        if layout.gather_dtype is not None and any(
-                set(layout.params.get(n, ())) - set(layout.compute.get(n, ())) for n in names):
+        if layout.gather_dtype is not None:
             value = value.astype(layout.gather_dtype)
-        for dim, name in enumerate(names):
-            axes = tuple(a for a in layout.params.get(name, ()) if a not in layout.compute.get(name, ()))
+        for dim, axes in enumerate(per_dim):
             if axes:
                 value = jax.lax.all_gather(value, axes, axis=dim, tiled=True)
                 value = checkpoint_name(value, ZERO3_GATHERED)

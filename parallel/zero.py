@@ -65,14 +65,6 @@ def zeros_varying_like(reference, shape: tuple = None, dtype=None):
     return jax.lax.pcast(x, missing, to="varying") if missing else x
 
 
-def grad_shard_shape(names: tuple, shape: tuple, rules: Rules, data_size: int) -> tuple:
-    """Per-device shape of a gradient after ZeRO's reduce-scatter (stage >= 2) or as computed."""
-    dim = zero_dim(names)
-    if dim is None or rules.zero_stage < 2:
-        return shape
-    return shape[:dim] + (shape[dim] // data_size,) + shape[dim + 1:]
-
-
 def reduce_over_data(grads, rules: Rules):
     """Sum per-device gradients over `data`: all-reduce (stage 0, and tensors ZeRO leaves whole),
     reduce-scatter along the ZeRO dim (stages 1-2), nothing more for stage 3 (the transpose of its

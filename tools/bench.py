@@ -20,19 +20,13 @@ from meshtron.configs.schema import Config
 from meshtron.model.counting import model_flops_per_token
 from meshtron.model.layers import compute_dtype
 from meshtron.parallel.mesh import mesh_for
-from meshtron.train.hardware import measure_matmul_peak, table_peak
+from meshtron.train.hardware import measure_matmul_peak, peak_devices, table_peak
 from meshtron.train.step import Training, build_training
 
 
 def _tokens(config: Config, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.integers(0, config.model.vocab_size, (config.train.batch_size, config.model.seq_len + 1))
-
-
-def _abstract_batch(training: Training):
-    t, m = training.config.train, training.config.model
-    sharding = jax.sharding.NamedSharding(training.mesh, training.batch_spec)
-    return jax.ShapeDtypeStruct((t.batch_size, m.seq_len + 1), np.int32, sharding=sharding)
 
 
 def devices_for(config: Config) -> list:
@@ -49,7 +43,7 @@ def compile_seconds(config: Config, devices=None) -> tuple[float, object]:
     training = build_training(config, mesh, shape)
     params, opt = training.abstract_state()
     start = time.perf_counter()
-    compiled = training.compile_train_step().lower(params, opt, _abstract_batch(training), 0).compile()
+    compiled = training.compile_train_step().lower(params, opt, training.abstract_batch(), 0).compile()
     return time.perf_counter() - start, compiled
 
 
@@ -131,8 +125,7 @@ def throughput_report(config: Config, step_seconds: float, devices: int) -> dict
     flops_per_s = tokens_per_s * model_flops_per_token(config.model)
     published = table_peak(device.device_kind)
     measured = measure_matmul_peak(compute_dtype(config.model))
-    # simulated CPU devices share the host's cores: one host-wide peak, not one per device
-    chips = 1 if device.platform == "cpu" else devices
+    chips = peak_devices(devices, device.platform)
     return {
         "tokens_per_s": tokens_per_s,
         "model_flops_per_token": model_flops_per_token(config.model),

@@ -35,12 +35,11 @@ def resolve_config(config_arg: str | None, run_dir: Path | None, overrides: list
 
 def run(args) -> int:
     """Train, print a summary and a text sample."""
-    from meshtron.train.loop import train
-
     import jax
 
     from meshtron.parallel.mesh import resolve_mesh_shape
     from meshtron.train.data import check_source
+    from meshtron.train.loop import train
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     config, resuming = resolve_config(args.config, run_dir, args.overrides)

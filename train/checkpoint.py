@@ -72,16 +72,10 @@ class Checkpointer:
         (padded rows are always zero).
         """
         meta = self.read_meta(step)
-        saved_rows = int(meta.get("vocab_rows", 0))
-        target = {"params": abstract_params, "opt_state": abstract_opt}
-        target_rows = _vocab_rows(abstract_params)
-        if saved_rows and target_rows and saved_rows != target_rows:
-            target = jax.tree.map(lambda x: _with_rows(x, target_rows, saved_rows), target)
+        full = {"params": abstract_params, "opt_state": abstract_opt}
+        target, repad = _as_saved(full, _vocab_rows(abstract_params), int(meta.get("vocab_rows", 0)))
         restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-        state = restored["state"]
-        if saved_rows and target_rows and saved_rows != target_rows:
-            full = {"params": abstract_params, "opt_state": abstract_opt}
-            state = jax.tree.map(lambda x, want: _resize_rows(x, want, saved_rows), state, full)
+        state = repad(restored["state"])
         return state["params"], state["opt_state"], meta
 
     def quarantine(self, step: int) -> Path:
@@ -97,16 +91,11 @@ class Checkpointer:
         `abstract_params`, re-padding vocabulary rows as restore() does. Orbax binds one restore kind per
         manager: use a fresh Checkpointer for this."""
         saved_rows = int(self.read_meta(step).get("vocab_rows", 0))
-        want_rows = _vocab_rows(abstract_params)
-        resize = bool(saved_rows) and saved_rows != want_rows
-        target = {"params": jax.tree.map(lambda x: _with_rows(x, want_rows, saved_rows), abstract_params)
-                  if resize else abstract_params}
+        target, repad = _as_saved(abstract_params, _vocab_rows(abstract_params), saved_rows)
+        target = {"params": target}
         args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                                       partial_restore=True)
-        params = self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]["params"]
-        if resize:
-            params = jax.tree.map(lambda x, want: _resize_rows(x, want, saved_rows), params, abstract_params)
-        return params
+        return repad(self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]["params"])
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
@@ -139,10 +128,18 @@ def _vocab_rows(abstract_params) -> int:
     return int(jax.tree.leaves(abstract_params["embed"]["tokens"])[0].shape[0])
 
 
+def _as_saved(abstract, want_rows: int, saved_rows: int):
+    """(`abstract` with the checkpoint's vocabulary rows, a function re-padding restored arrays to `abstract`)."""
+    if not saved_rows or saved_rows == want_rows:
+        return abstract, lambda restored: restored
+    target = jax.tree.map(lambda x: _with_rows(x, want_rows, saved_rows), abstract)
+    return target, lambda restored: jax.tree.map(lambda x, want: _resize_rows(x, want, saved_rows), restored, abstract)
+
+
 def _vocab_axis(shape: tuple, rows: int) -> int | None:
-    # the vocabulary axis is the only one whose length equals the padded row count (embed: 0, head: last)
+    # the vocabulary axis is the first whose length equals the padded row count (embedding: 0, head: last)
     matches = [i for i, n in enumerate(shape) if n == rows]
-    return matches[0] if len(matches) == 1 else (matches[0] if matches else None)
+    return matches[0] if matches else None
 
 
 def _with_rows(x, want_rows: int, saved_rows: int):

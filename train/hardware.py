@@ -67,6 +67,11 @@ def _measured(device_kind: str) -> float:
     return measure_matmul_peak(dtype)
 
 
+def peak_devices(devices: int, platform: str) -> int:
+    """Devices whose peaks add up for MFU: simulated CPU devices share the host's cores, so a CPU counts once."""
+    return 1 if platform == "cpu" else devices
+
+
 def device_peak(device=None) -> tuple[float, str]:
     """(peak FLOP/s of one device, "table" or "measured"); the caller should warn on "measured"."""
     import jax

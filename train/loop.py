@@ -26,6 +26,7 @@ from meshtron.train.checkpoint import Checkpointer, check_compatible, checkpoint
 from meshtron.train.data import prepare_data
 from meshtron.train.metrics import MetricsWriter
 from meshtron.train.optim import lr_schedule
+from meshtron.train.run_io import RUN_FILES
 from meshtron.train.scaling.report import duration, end_report, format_end_report, format_start_report, start_report
 from meshtron.train.step import Training, build_training
 
@@ -129,10 +130,6 @@ def train(config: Config, run_dir: Path, log=print, stop_after: int | None = Non
                                       "checkpoints are intact. Free space (or lower checkpoint.keep) and resume "
                                       f"with `meshtron train --run-dir {run_dir}`") from None
             raise
-
-
-RUN_FILES = ("config.yaml", "metrics.jsonl", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-             "checkpoints", "tensorboard")
 
 
 def refuse_links_outside(run_dir: Path) -> None:
@@ -346,14 +343,13 @@ def _mb(nbytes: float) -> str:
 def _peak(say) -> tuple[int, float, str]:
     """(devices, peak FLOP/s per device, source) for MFU. Simulated CPU devices share the host's cores, so
     a CPU run is measured against one host-wide matmul peak."""
-    from meshtron.train.hardware import device_peak
+    from meshtron.train.hardware import device_peak, peak_devices
 
     peak, source = device_peak(jax.devices()[0])
     if source == "measured":
         say(f"note: no published peak for {jax.devices()[0].device_kind}; MFU is against a measured matmul "
             f"peak of {peak / 1e9:,.0f} GFLOP/s")
-    devices = 1 if jax.devices()[0].platform == "cpu" else jax.device_count()
-    return devices, peak, source
+    return peak_devices(jax.device_count(), jax.devices()[0].platform), peak, source
 
 
 def _flat(report: dict) -> dict:

@@ -24,7 +24,9 @@ from meshtron.train.checkpoint import Checkpointer, checkpoint_meta
 from meshtron.train.step import Training, build_training
 from meshtron.train.tokenizer import Tokenizer
 
-RUN_FILES = ("config.yaml", "checkpoints", "metrics.jsonl", "tokenizer.model", "tokenizer.json")
+# What Meshtron writes in a run directory (the lock files aside)
+RUN_FILES = ("config.yaml", "metrics.jsonl", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+             "checkpoints", "tensorboard")
 
 
 def read_run_config(run_dir: Path) -> Config:

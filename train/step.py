@@ -50,10 +50,20 @@ class Training:
         """Token batches (B, T+1) are split over the batch axes."""
         return P(BATCH_AXES, None)
 
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        """Where a global token batch lives on the mesh."""
+        return NamedSharding(self.mesh, self.batch_spec)
+
+    def abstract_batch(self) -> jax.ShapeDtypeStruct:
+        """Shape, dtype and sharding of a global token batch (B, T+1), for compiling ahead of time."""
+        t, m = self.config.train, self.config.model
+        return jax.ShapeDtypeStruct((t.batch_size, m.seq_len + 1), jnp.int32, sharding=self.batch_sharding)
+
     def layout(self) -> spmd.Layout:
         """What the model's collectives need to know while the step is traced."""
         return spmd.Layout(params=self.rules.params, compute=self.rules.compute, data_axes=BATCH_AXES,
-                           axis_sizes=self.shape.as_dict(), gather_dtype=compute_dtype(self.config.model))
+                           gather_dtype=compute_dtype(self.config.model))
 
     # -- state ---------------------------------------------------------------------------
     def init_params(self):
@@ -168,8 +178,7 @@ class Training:
 
     def shard_batch(self, local_tokens: np.ndarray) -> jax.Array:
         """This process's rows of the global batch -> one global array split over the batch axes."""
-        sharding = NamedSharding(self.mesh, self.batch_spec)
-        return jax.make_array_from_process_local_data(sharding, np.asarray(local_tokens, np.int32))
+        return jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local_tokens, np.int32))
 
 
 def _expand(spec_tree, tree):
