@@ -240,6 +240,7 @@ def validate(config: Config) -> None:
     _require(m.rope_theta > 0, "model.rope_theta", f"must be positive, got {m.rope_theta}")
     _require(m.init_std > 0, "model.init_std", f"must be positive, got {m.init_std}")
     _require(m.logits_chunk >= 0, "model.logits_chunk", f"must be >= 0, got {m.logits_chunk}")
+    _require(m.scan_unroll >= 0, "model.scan_unroll", f"must be >= 0 (0: auto), got {m.scan_unroll}")
     if m.logits_chunk:
         _require(m.seq_len % m.logits_chunk == 0, "model.logits_chunk",
                  f"{m.logits_chunk} does not divide seq_len={m.seq_len}; use a divisor or 0")
