@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from meshtron.configs import load_config
-from meshtron.train.loop import train
+from meshtron.train.run.loop import train
 
 DATA = Path(__file__).parent / "data"
 
