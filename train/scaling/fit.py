@@ -96,13 +96,15 @@ class Fit3:
     n_runs: int
     starts: int
     intervals: dict = field(default_factory=dict)  # name -> (2.5th, 97.5th percentile) over bootstrap refits
+    samples: tuple = ()  # (E, A, B, alpha, beta) of each bootstrap refit: `scaling predict` draws intervals from them
 
     def as_dict(self) -> dict:
         """Plain JSON-ready dict: E, A, B, alpha, beta, a, b, G, objective, n_runs, intervals."""
         law = self.law
         return {"E": law.E, "A": law.A, "B": law.B, "alpha": law.alpha, "beta": law.beta, "a": law.a, "b": law.b,
                 "G": law.G, "objective": self.objective, "n_runs": self.n_runs, "starts": self.starts,
-                "intervals": {k: list(v) for k, v in self.intervals.items()}}
+                "intervals": {k: list(v) for k, v in self.intervals.items()},
+                "bootstrap_samples": [list(x) for x in self.samples]}
 
 
 def _one_blas_thread():
@@ -144,12 +146,12 @@ def fit_approach3(runs: Runs, starts: int | str = 200, bootstrap: int = 0, seed:
     count = len(GRID) if starts == "all" else int(starts)
     theta, value = _polish(_best_grid_starts(args, count), args)
     law = Law.from_logs(*theta[:3], alpha=theta[3], beta=theta[4], name="fit")
-    intervals = _bootstrap(runs, theta, bootstrap, seed, bootstrap_starts) if bootstrap else {}
+    intervals, samples = _bootstrap(runs, theta, bootstrap, seed, bootstrap_starts) if bootstrap else ({}, ())
     return Fit3(law=law, objective=value, theta=tuple(float(t) for t in theta), n_runs=len(runs.N),
-                starts=count, intervals=intervals)
+                starts=count, intervals=intervals, samples=samples)
 
 
-def _bootstrap(runs: Runs, theta: np.ndarray, count: int, seed: int, grid_starts: int) -> dict:
+def _bootstrap(runs: Runs, theta: np.ndarray, count: int, seed: int, grid_starts: int) -> tuple[dict, tuple]:
     """Refit `count` resamples (runs drawn with replacement) from the full fit plus a few grid starts."""
     rng = np.random.default_rng(seed)
     samples = []
@@ -160,7 +162,8 @@ def _bootstrap(runs: Runs, theta: np.ndarray, count: int, seed: int, grid_starts
         law = Law.from_logs(*x[:3], alpha=x[3], beta=x[4])
         samples.append([law.E, law.A, law.B, law.alpha, law.beta, law.a, law.b])
     low, high = np.percentile(np.array(samples), [2.5, 97.5], axis=0)
-    return {k: (float(lo), float(hi)) for k, lo, hi in zip(("E", "A", "B", "alpha", "beta", "a", "b"), low, high)}
+    intervals = {k: (float(lo), float(hi)) for k, lo, hi in zip(("E", "A", "B", "alpha", "beta", "a", "b"), low, high)}
+    return intervals, tuple(tuple(float(v) for v in x[:5]) for x in samples)
 
 
 def group_budgets(C: np.ndarray, tolerance: float = 0.25) -> list[np.ndarray]:
@@ -222,19 +225,30 @@ def fit_approach2(runs: Runs, tolerance: float = 0.25) -> Fit2:
     return Fit2(budgets=budgets, a=float(a), b=float(b), k_N=float(np.exp(log_k_N)), k_D=float(np.exp(log_k_D)))
 
 
-def load_runs(paths) -> Runs:
-    """Runs from JSONL files of {"N", "D", "loss"} lines and/or Meshtron run directories (or folders of them)."""
+def load_runs(paths, excluded: list | None = None) -> Runs:
+    """Runs from JSONL files of {"N", "D", "loss"} lines and/or Meshtron run directories (or folders of them).
+
+    A sweep folder (`meshtron scaling sweep`) gives its finished runs; runs it leaves out (diverged,
+    not trained yet) are appended to `excluded` as (name, reason).
+    """
+    from meshtron.train.scaling.runner import is_sweep, sweep_rows
+
     rows = []
     for raw in paths:
         path = Path(raw)
         if path.is_file():
             rows += _read_jsonl(path)
+        elif path.is_dir() and is_sweep(path):
+            found, left_out = sweep_rows(path)
+            rows += found
+            if excluded is not None:
+                excluded += left_out
         elif path.is_dir():
             run_dirs = [path] if (path / "config.yaml").exists() else sorted(
                 p for p in path.iterdir() if (p / "config.yaml").exists())
             if not run_dirs:
                 raise UserError(f"{path}: no config.yaml in it or its subfolders; give Meshtron run directories")
-            rows += [_read_run_dir(p) for p in run_dirs]
+            rows += [read_run_dir(p) for p in run_dirs]
         else:
             raise UserError(f"{path}: no such file or directory")
     N, D, loss, sources = zip(*rows) if rows else ((), (), (), ())
@@ -269,7 +283,7 @@ def _read_jsonl(path) -> list:
     return rows
 
 
-def _read_run_dir(path) -> tuple:
+def read_run_dir(path) -> tuple:
     """(N, D, eval loss, source) of a run directory: N exact from its config, D from steps x batch x seq_len."""
     from meshtron.configs import config_from_dict
     from meshtron.model.counting import count_params  # here: meshtron.model loads Flax, JSONL fits need not
