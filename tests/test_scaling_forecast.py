@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 from meshtron.train.scaling.curve import fit_curve, overfitting_start
 from meshtron.train.scaling.laws import Law, optimal_by_compute, optimal_by_tokens
 from meshtron.train.scaling.predict import load_fit, predict

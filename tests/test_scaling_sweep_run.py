@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 from meshtron.train.scaling.fit import load_runs
 from meshtron.train.scaling.laws import Law
 from meshtron.train.scaling.runner import diverged_reason, read_status, run_sweep
@@ -28,7 +28,7 @@ def sweep(tmp_path_factory, text_corpus, sp_model):
 
 
 def test_sweep_runs_resumes_after_an_interruption_and_fits(sweep, monkeypatch):
-    from meshtron.train import loop
+    from meshtron.train.run import loop
 
     out, plan = sweep
     assert len(plan) == 6 and len({p.params_total for p in plan if p.budget == 1e9}) == 3

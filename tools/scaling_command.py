@@ -19,7 +19,7 @@ import argparse
 import json
 import math
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 from meshtron.tools.scaling_workflow import add_parsers, plot_command, predict_command, run_sweep_command
 from meshtron.train.scaling.laws import (DEFAULT_LAW, LAWS, allocation, cluster_compute, get_law,
                                          kaplan_optimal_params, optimal_by_compute, optimal_by_params,
@@ -189,7 +189,7 @@ def _repeat_text(dc: dict) -> str:
 
 
 def _compute(args, law):
-    from meshtron.train.hardware import table_peak
+    from meshtron.train.planner.hardware import table_peak
 
     devices = _number(args.devices, "--devices")
     try:

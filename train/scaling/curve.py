@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 
 MIN_POINTS = 4
 EXPONENT_RANGE = (1e-3, 4.0)

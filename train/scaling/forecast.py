@@ -7,7 +7,7 @@ lines to print and the records to write to metrics.jsonl (event "forecast" / "ov
 
 from __future__ import annotations
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 from meshtron.train.scaling.curve import curve_points, fit_curve, overfitting_start
 
 FRACTIONS = (0.25, 0.5, 0.75)

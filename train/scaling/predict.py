@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 from meshtron.train.scaling.laws import Law, allocation, optimal_by_compute
 from meshtron.train.scaling.repeat import data_constrained
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 from meshtron.train.scaling.laws import Law, check_range
 
 # The paper's fitted decay constants (its Eq. 7 fit over 400+ runs; "R*_D ≈ 15.4, R*_N ≈ 5.3").

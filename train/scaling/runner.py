@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 
 STATUS = "status.json"
 DIVERGED_MARGIN = 1.0  # nats above ln(vocab): a run that ends there learned nothing
@@ -91,7 +91,7 @@ def run_sweep(sweep_dir, log=print, max_runs: int | None = None, train_fn=None) 
     rows = read_manifest(sweep_dir)["runs"]
     status = read_status(sweep_dir)
     if train_fn is None:
-        from meshtron.train.loop import train as train_fn
+        from meshtron.train.run.loop import train as train_fn
     todo = [row for row in rows if _run_name(row) not in status]
     log(f"sweep {sweep_dir}: {len(rows)} runs, {len(rows) - len(todo)} already ended, {len(todo)} to train")
     flops_left = sum(row["C"] for row in todo)
@@ -124,7 +124,7 @@ def run_sweep(sweep_dir, log=print, max_runs: int | None = None, train_fn=None) 
 
 def _train_one(config, sweep_dir: Path, name: str, train_fn) -> tuple[dict, bool]:
     """Train one run with its console output in SWEEP_DIR/logs/NAME.log: (status entry, interrupted)."""
-    from meshtron.train.loop import TrainingStopped
+    from meshtron.train.run.loop import TrainingStopped
 
     logs = sweep_dir / "logs"
     logs.mkdir(exist_ok=True)

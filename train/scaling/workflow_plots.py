@@ -3,31 +3,23 @@ a run's loss curve with its mid-run forecast band, and learning-rate curves acro
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 from meshtron.train.scaling.curve import curve_points, fit_curve
 from meshtron.train.scaling.fit import group_budgets, load_runs, read_run_dir
 from meshtron.train.scaling.plots import _pyplot, _save
 
 
 def read_metrics(run_dir) -> list[dict]:
-    """The JSON lines of RUN_DIR/metrics.jsonl (lines cut short by a crash are skipped)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
+    """The records of RUN_DIR/metrics.jsonl; a one-line error if it has none."""
+    from meshtron.train.run.metrics import read_metrics as read
+
+    if not (Path(run_dir) / "metrics.jsonl").is_file():
         raise UserError(f"{run_dir}: no metrics.jsonl; give a Meshtron run directory")
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+    return [r for r in read(run_dir) if isinstance(r, dict)]
 
 
 def plot_sweep_fit(sweep_dir, out, fit_path=None, held_out=None) -> tuple[Path, dict]:
