@@ -233,6 +233,8 @@ def validate(config: Config) -> None:
     _require(m.rope_theta > 0, "model.rope_theta", f"must be positive, got {m.rope_theta}")
     _require(m.init_std > 0, "model.init_std", f"must be positive, got {m.init_std}")
     _require(m.logits_chunk >= 0, "model.logits_chunk", f"must be >= 0, got {m.logits_chunk}")
+    _require(m.mup_base_width is None or m.mup_base_width > 0, "model.mup_base_width",
+             f"must be a positive width (or unset), got {m.mup_base_width}")
     if m.logits_chunk:
         _require(m.seq_len % m.logits_chunk == 0, "model.logits_chunk",
                  f"{m.logits_chunk} does not divide seq_len={m.seq_len}; use a divisor or 0")

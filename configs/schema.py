@@ -32,6 +32,7 @@ CHOICES = {
     "model.compute_dtype": ("auto", "float32", "bfloat16"),
     "model.remat": ("none", "full", "dots"),
     "model.attention": ("auto", "xla", "cudnn"),
+    "model.parametrization": ("standard", "mup"),
     "train.schedule": ("cosine", "linear", "constant"),
 }
 
@@ -92,6 +93,11 @@ class ModelConfig:
     """Compute the output layer and loss over this many positions at a time (0: all at once)."""
     vocab_multiple: int = 128
     """Pad the embedding rows to a multiple of this times the tensor degree (Megatron style)."""
+    parametrization: str = "standard"
+    """standard | mup (Tensor Programs V, Table 3: learning rate and init tuned at mup_base_width carry over)."""
+    mup_base_width: int | None = None
+    """The d_model hyper-parameters were tuned at, for muP (default: this d_model, so muP changes only attention
+    scale and the output init)."""
 
     @property
     def kv_heads(self) -> int:

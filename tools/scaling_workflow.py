@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 
 
 def add_parsers(sub, common, number) -> None:
