@@ -192,6 +192,8 @@ class TrainConfig:
     """Prompt of the text sample printed at the end of training ('' for none)."""
     sample_tokens: int = key(64, check=NON_NEGATIVE)
     """Tokens generated for that sample (0 for none)."""
+    scaling_fit: str = key("")
+    """A fit file from `meshtron scaling fit --out` to plan and predict this run with (default: Chinchilla's constants)."""
 
 
 @dataclass(frozen=True)

@@ -134,3 +134,22 @@ def test_loss_cli_uses_the_data_constrained_law_with_unique_tokens(meshtron_cli)
     assert d["loss"] > d["loss_without_repeats"]
     code, out, _ = meshtron_cli("scaling", "optimal", "--compute", "1e21", "--unique-tokens", "1e9", "--json")
     assert code == 0 and json.loads(out)["N"] < optimal_by_compute(1e21, HOFFMANN).N
+
+
+def test_a_run_forecasts_its_final_loss_at_25_50_75_percent(tmp_path, text_corpus, meshtron_cli):
+    from conftest import TINY
+
+    from meshtron.train.run.metrics import read_metrics
+
+    fit = write_fit(tmp_path / "fit.json", Law.named("epoch"), [])
+    code, out, err = meshtron_cli("train", "--run-dir", tmp_path / "run", "--fit", fit, *TINY,
+                                  f"data.source={text_corpus}", "train.steps=40", "train.eval_every=4",
+                                  "train.lr=3e-3")
+    assert code == 0, err
+    records = read_metrics(tmp_path / "run")
+    forecasts = [r for r in records if r.get("event") == "forecast"]
+    assert [r["fraction"] for r in forecasts] == [0.25, 0.5, 0.75] and [r["step"] for r in forecasts] == [10, 20, 30]
+    assert all(r["forecast_of"] == "final evaluation loss" for r in forecasts[1:])
+    assert "forecast at 50% of the steps (step 20): final evaluation loss" in out
+    assert "epochs over" in out and f"law: your fit {fit}" in out and "Chinchilla's constants" not in out
+    assert "forecast at 75%:" in out and "vs final evaluation loss" in out  # the end report compares

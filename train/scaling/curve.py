@@ -20,7 +20,7 @@ from scipy.optimize import minimize_scalar
 from meshtron.configs.errors import UserError
 
 MIN_POINTS = 4
-EXPONENT_RANGE = (1e-3, 4.0)
+EXPONENT_RANGE = (0.01, 4.0)
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,8 @@ def _linear(t: np.ndarray, y: np.ndarray, a: float) -> tuple[float, float, float
     var = ((x - xm) ** 2).sum()
     A = max(0.0, float(((x - xm) * (y - ym)).sum() / var)) if var > 0 else 0.0
     E = float(ym - A * xm)
+    if E < 0:  # a loss floor below zero: fit with the floor at its bound, E = 0
+        E, A = 0.0, max(0.0, float((x * y).sum() / (x * x).sum()))
     return E, A, float(((y - E - A * x) ** 2).sum())
 
 
@@ -116,6 +118,7 @@ def overfitting_start(evals: list[tuple], trains: list[tuple], patience: int = 3
         return None
     first, last = recent[0][0], recent[-1][0]
     window = [loss for step, loss in trains if first <= step <= last]
-    if len(window) < 2 or not window[-1] < window[0]:
+    half = len(window) // 2
+    if half < 1 or not sum(window[-half:]) < sum(window[:half]):  # halves' means: per-step losses are noisy
         return None
     return int(first)

@@ -1,8 +1,10 @@
 """During a run: forecast the final loss at 25%, 50% and 75% of the steps from the run's own loss
 curve, warn once about overfitting, and compare forecasts with the outcome at the end.
 
-The train loop feeds it every evaluation and every logged training loss; `at_step` returns the
-lines to print and the records to write to metrics.jsonl (event "forecast" / "overfitting").
+The train loop feeds it every evaluation (`observe`) and, at each check, the training losses of
+every step so far; `at_step` returns the lines to print and the records to write to metrics.jsonl
+(event "forecast" / "overfitting"). Forecasts fit evaluation losses once there are 4 after warm-up,
+else the training losses (and then forecast the final training loss, and say so).
 """
 
 from __future__ import annotations
@@ -24,16 +26,22 @@ class Forecaster:
         self.records: list[dict] = []
         self.forecasts: list[dict] = []
         self.overfit_step: int | None = None
+        self.trains: list[tuple] = []
+        self._seen = 0
 
-    def observe(self, step: int, loss: float | None = None, eval_loss: float | None = None) -> None:
-        """Record a training loss and/or an evaluation loss at `step`."""
-        if loss is not None:
-            self.records.append({"step": step, "loss": float(loss)})
-        if eval_loss is not None:
-            self.records.append({"step": step, "eval_loss": float(eval_loss)})
+    def observe(self, step: int, eval_loss: float) -> None:
+        """Record an evaluation loss at `step`."""
+        self.records.append({"step": step, "eval_loss": float(eval_loss)})
 
-    def at_step(self, step: int) -> tuple[list[str], list[dict]]:
-        """(console lines, metrics records) due at `step`: forecasts whose mark was reached, overfitting once."""
+    def at_step(self, step: int, train_losses=()) -> tuple[list[str], list[dict]]:
+        """(console lines, metrics records) due at `step`: forecasts whose mark was reached, overfitting once.
+        train_losses: (step, loss) of the training steps so far."""
+        due = bool(self.marks) and self.marks[0][0] <= step < self.total
+        new_eval = len(self.records) != self._seen
+        if not (due or new_eval):
+            return [], []  # nothing to do on most steps
+        self._seen = len(self.records)
+        self.trains = [(s, float(v)) for s, v in train_losses]
         lines, records = [], []
         while self.marks and step >= self.marks[0][0] and step < self.total:
             _, fraction = self.marks.pop(0)
@@ -41,9 +49,8 @@ class Forecaster:
             records.append(record)
             lines.append(self._line(record))
         if self.overfit_step is None:
-            evals = [(r["step"], r["eval_loss"]) for r in self.records if "eval_loss" in r]
-            trains = [(r["step"], r["loss"]) for r in self.records if "loss" in r]
-            start = overfitting_start(evals, trains)
+            evals = [(r["step"], r["eval_loss"]) for r in self.records]
+            start = overfitting_start(evals, self.trains)
             if start is not None:
                 self.overfit_step = start
                 lines.append(f"warning: evaluation loss has risen since step {start} while training loss fell: "
@@ -52,7 +59,8 @@ class Forecaster:
         return lines, records
 
     def _forecast(self, step: int, fraction: float) -> dict:
-        steps, losses, kind = curve_points(self.records, after_step=self.warmup)
+        records = self.records + [{"step": s, "loss": v} for s, v in self.trains]
+        steps, losses, kind = curve_points(records, after_step=self.warmup)
         record = {"step": step, "event": "forecast", "fraction": fraction, "forecast_of": f"final {kind} loss"}
         try:
             fit = fit_curve(steps, losses, self.total, bootstrap=self.bootstrap)
