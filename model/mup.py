@@ -97,3 +97,30 @@ def describe(cfg: ModelConfig) -> str:
     return (f"muP (Tensor Programs V, Table 3 multiplier form): width {cfg.d_model} = {m:g} x base "
             f"{cfg.d_model / m:g}; hidden lr x{1 / m:.3g}, init x{1 / math.sqrt(m):.3g}, logits x{1 / m:.3g}, "
             f"attention 1/head_dim")
+
+
+def check_exportable(cfg: ModelConfig) -> None:
+    """Refuse, in one line, a muP model Hugging Face cannot express: tied embeddings with logits x base/width."""
+    from meshtron.configs.errors import UserError
+
+    if enabled(cfg) and cfg.tie_embeddings and width_mult(cfg) != 1:
+        raise UserError(f"model.parametrization=mup with tied embeddings scales the logits by base/width = "
+                        f"{1 / width_mult(cfg):g}, which a tied Hugging Face model cannot hold; train with "
+                        "model.tie_embeddings=false (or mup_base_width = d_model) to export")
+
+
+def fold_for_export(cfg: ModelConfig, flat: dict) -> dict:
+    """The muP multipliers folded into the weights, so a standard model (Hugging Face) computes the same
+    logits: q (and its bias) x 1/sqrt(head_dim) turns q.k/sqrt(head_dim) into q.k/head_dim; an untied
+    head x base/width carries the output multiplier."""
+    if not enabled(cfg):
+        return flat
+    check_exportable(cfg)
+    flat = dict(flat)
+    q_scale = 1.0 / math.sqrt(cfg.dim_per_head)
+    for key in ("blocks.attn.q", "blocks.attn.q_bias"):
+        if key in flat:
+            flat[key] = flat[key] * q_scale
+    if "head" in flat:
+        flat["head"] = flat["head"] * output_multiplier(cfg)
+    return flat
