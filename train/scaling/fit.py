@@ -148,6 +148,9 @@ def fit_approach3(runs: Runs, starts: int | str = 200, bootstrap: int = 0, seed:
     args = _logs(runs)
     count = len(GRID) if starts == "all" else int(starts)
     theta, value = _polish(_best_grid_starts(args, count), args)
+    if not (theta[3] > 0 and theta[4] > 0):
+        raise UserError(f"fit: the runs do not determine the law (best fit alpha={theta[3]:.3g}, beta={theta[4]:.3g}); "
+                        "add model sizes and budgets that bracket the loss minimum")
     law = Law.from_logs(*theta[:3], alpha=theta[3], beta=theta[4], name="fit")
     intervals, samples = _bootstrap(runs, theta, bootstrap, seed, bootstrap_starts) if bootstrap else ({}, ())
     return Fit3(law=law, objective=value, theta=tuple(float(t) for t in theta), n_runs=len(runs.N),
@@ -162,8 +165,12 @@ def _bootstrap(runs: Runs, theta: np.ndarray, count: int, seed: int, grid_starts
         args = _logs(runs.take(rng.integers(0, len(runs.N), len(runs.N))))
         # The full-data minimum is near each resample's minimum; a few grid starts guard against a basin change.
         x, _ = _polish(np.vstack([theta, _best_grid_starts(args, grid_starts)]), args)
+        if not (x[3] > 0 and x[4] > 0):
+            continue  # a resample too narrow to pin an exponent (a few distinct runs): no law, no sample
         law = Law.from_logs(*x[:3], alpha=x[3], beta=x[4])
         samples.append([law.E, law.A, law.B, law.alpha, law.beta, law.a, law.b])
+    if len(samples) < 2:
+        return {}, ()
     low, high = np.percentile(np.array(samples), [2.5, 97.5], axis=0)
     intervals = {k: (float(lo), float(hi)) for k, lo, hi in zip(("E", "A", "B", "alpha", "beta", "a", "b"), low, high)}
     return intervals, tuple(tuple(float(v) for v in x[:5]) for x in samples)
