@@ -67,7 +67,8 @@ def _topology_report(config, topology, precision: str, compile_step: bool) -> di
     except ConfigError as e:  # _config_report's advice about --devices does not apply to a slice
         raise ConfigError(str(e).split("; or plan for another device count")[0]) from None
     chip = topology.chip
-    report["topology"] = {"name": topology.name, "libtpu": topology.libtpu_name, "chips": topology.chips,
+    report["topology"] = {"name": topology.name, "compiler_topology": topology.libtpu_name, "chips": topology.chips,
+                          "compiler": "libtpu" if chip.platform == "tpu" else "the CUDA plugin",
                           "slices": topology.slices, "device_kind": chip.device_kind, "hbm_bytes": chip.hbm_bytes,
                           "peak_bf16_flops": chip.peak_bf16_flops, "ici_bytes_per_s": chip.ici_bytes_per_s,
                           "dcn_bytes_per_s": chip.dcn_bytes_per_s}
@@ -101,27 +102,30 @@ def _topology_text(r: dict) -> list[str]:
     from meshtron.tools.plan_command import _bytes, _config_text
 
     t, f, c = r["topology"], r["formula"], r["compiled"]
-    lines = [f"topology: {t['name']} = libtpu {t['libtpu']}: {t['chips']} x {t['device_kind']}, "
+    lines = [f"topology: {t['name']} = {t['compiler']} {t['compiler_topology']}: {t['chips']} x {t['device_kind']}, "
              f"{t['hbm_bytes'] / GIB:.0f} GiB HBM, {t['peak_bf16_flops'] / 1e12:.0f} TFLOP/s bf16 per chip", ""]
     lines += _config_text({**r, "compiled": None if not c or c.get("out_of_hbm") else c})
     state = f["params_bytes"] + f["optimizer_bytes"]
     if c and c.get("out_of_hbm"):
-        lines += ["", f"compiled for {t['name']} by libtpu: does NOT fit: the compiler {c['out_of_hbm']} "
+        lines += ["", f"compiled for {t['name']} by {t['compiler']}: does NOT fit: the compiler {c['out_of_hbm']} "
                       f"(it refuses to build a step larger than HBM)"]
     elif c:
         same = "equal" if c["state_bytes"] == state else f"DIFFER by {c['state_bytes'] - state:+,} B"
-        non_argument = f["total_bytes"] - f["argument_bytes"]
-        lines += ["", f"compiled for {t['name']} by libtpu in {c['compile_seconds']:.0f} s (per chip):",
+        non_argument = f["temporary_bytes"]
+        padding = f" (+{c['state_padding_bytes']:,} B of TPU tile padding)" if c["state_padding_bytes"] else ""
+        flops = (f"compiler {c['flops']:.4g} (a scanned body counted once); counting.py "
+                 f"{c['model_flops_as_compiled']:.4g} counted the same way "
+                 f"({_ratio(c['model_flops_as_compiled'], c['flops'])}), " if c["flops"] else
+                 "not reported by this compiler; counting.py ")
+        lines += ["", f"compiled for {t['name']} by {t['compiler']} in {c['compile_seconds']:.0f} s (per chip):",
                   f"  model state (params + optimizer)  formula {_bytes(state)}, compiled {_bytes(c['state_bytes'])}: "
-                  f"{same} (+{c['state_padding_bytes']:,} B of TPU tile padding)",
-                  f"  temporaries                       formula {_bytes(non_argument)} (gradients, gathered weights, "
-                  f"activations), compiled {_bytes(c['temp_bytes'])} ({_ratio(non_argument, c['temp_bytes'])})",
+                  f"{same}{padding}",
+                  f"  temporaries                       formula {_bytes(non_argument)}, compiled {_bytes(c['temp_bytes'])} "
+                  f"({_ratio(non_argument, c['temp_bytes'])})",
                   f"  HBM: arguments {_bytes(c['argument_bytes'])} + temporaries {_bytes(c['temp_bytes'])} + code "
                   f"{_bytes(c['generated_code_bytes'])} = {c['total_bytes'] / GIB:.2f} GiB of "
                   f"{t['hbm_bytes'] / GIB:.0f} GiB: " + ("fits" if c["fits"] else "does NOT fit"),
-                  f"  FLOPs per chip per step: compiler {c['flops']:.4g} (a scanned body counted once); "
-                  f"counting.py {c['model_flops_as_compiled']:.4g} counted the same way "
-                  f"({_ratio(c['model_flops_as_compiled'], c['flops'])}), {c['model_flops']:.4g} for the whole step"]
+                  f"  FLOPs per chip per step: {flops}{c['model_flops']:.4g} for the whole step"]
     return lines
 
 

@@ -43,7 +43,8 @@ class Plan:
     gathered_bytes: int  # ZeRO-3's gathered weights (embedding/head for the step, one block at a time)
     compute_copy_bytes: int  # the local parameters cast to the compute dtype (planner/temporaries.py)
     working_bytes: int  # one block's backward, the logits' gradient, ZeRO-3's gathered gradients
-    activation_bytes_per_layer: int
+    activation_bytes_per_layer: int  # Korthikanti et al. 2022's count
+    kept_bytes_per_layer: int  # what the compiled block keeps beyond it (float32 copies; temporaries.py)
     activation_bytes_outside_layers: int
     comm: tuple[CommTerm, ...]
     stages: dict  # ZeRO stage -> {params_bytes, grads_bytes, optimizer_bytes} on this mesh
@@ -56,7 +57,8 @@ class Plan:
     @property
     def activation_bytes(self) -> int:
         """All layers' saved activations plus the output layer's, for one micro-batch."""
-        return self.config.model.n_layers * self.activation_bytes_per_layer + self.activation_bytes_outside_layers
+        per_layer = self.activation_bytes_per_layer + self.kept_bytes_per_layer
+        return self.config.model.n_layers * per_layer + self.activation_bytes_outside_layers
 
     @property
     def argument_bytes(self) -> int:
@@ -126,6 +128,7 @@ def make_plan(config: Config, n_devices: int, precision: str = "config") -> Plan
         gathered_bytes=gathered, compute_copy_bytes=temporaries.compute_copy_bytes(params, rules, degrees, prec),
         working_bytes=working,
         activation_bytes_per_layer=formulas.activation_bytes_per_layer(m, micro, shape.tensor, prec.activation_bytes),
+        kept_bytes_per_layer=temporaries.kept_bytes_per_layer(m, micro, shape.tensor, prec.activation_bytes),
         activation_bytes_outside_layers=formulas.activation_bytes_outside_layers(
             m, micro, shape.tensor, vocab_rows, prec.activation_bytes),
         comm=tuple(comm), stages=stages)

@@ -11,7 +11,12 @@ gpt3-175b on v5e/v5p slices, BENCHMARKS.md) and kept here as formulas:
 - one block's backward working set: under remat the block's forward is recomputed, so its
   activations exist again (the difference between remat none and the policy), and attention
   scores and their gradient are float32 (heads x s x s per sequence, split over the tensor axis);
-- the float32 logits' gradient beside the float32 logits.
+- the float32 logits' gradient beside the float32 logits;
+- what a block saves for its backward pass beyond Korthikanti et al.'s count, because Meshtron
+  computes softmax and normalisation in float32: without remat the float32 softmax output beside
+  its compute-dtype copy, the norms' float32 values (4 x s·b·h) and SwiGLU's intermediate
+  products (as many again as its three matmul-side values); under remat dots the attention
+  logits, a matmul output, in float32.
 """
 
 from __future__ import annotations
@@ -36,6 +41,21 @@ def compute_copy_bytes(params, rules: Rules, degrees: dict, precision: Precision
 def gathered_gradient_bytes(gathered_bytes: int) -> int:
     """ZeRO-3: the full-size gradient of each gathered weight, before its reduce-scatter."""
     return gathered_bytes
+
+
+def kept_bytes_per_layer(model: ModelConfig, micro_batch: int, tensor: int, activation_bytes: int,
+                         remat: str | None = None) -> int:
+    """Bytes one block saves for its backward pass beyond activation_bytes_per_layer (Korthikanti's count)."""
+    remat = remat or model.remat
+    s, b = model.seq_len, micro_batch
+    scores = (model.n_heads // tensor) * s * s * b
+    if remat == "full":
+        return 0
+    if remat == "dots":
+        return SCORE_BYTES * scores
+    mlp_values = 3 if model.mlp == "swiglu" else 2
+    return (SCORE_BYTES * scores + activation_bytes * mlp_values * s * b * model.ff_dim // tensor
+            + 4 * SCORE_BYTES * s * b * model.d_model)
 
 
 def block_working_bytes(model: ModelConfig, micro_batch: int, tensor: int, activation_bytes: int) -> int:

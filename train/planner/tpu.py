@@ -224,7 +224,7 @@ def compile_for_topology(config: Config, shape: MeshShape, topology: Topology) -
 
 
 # -- per-argument bytes from the compiled entry layout ----------------------------------------------
-_ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16)\[([0-9,]*)\]\{([0-9,]*)(?::([^}]*))?\}")
+_ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16)\[([0-9,]*)\](?:\{([0-9,]*)(?::([^}]*))?\})?")
 
 
 def argument_sizes(hlo_text: str) -> list[tuple[int, int]]:
@@ -238,10 +238,10 @@ def argument_sizes(hlo_text: str) -> list[tuple[int, int]]:
     return [_tiled_bytes(*m.groups()) for m in _ARRAY.finditer(match.group(1))]
 
 
-def _tiled_bytes(dtype: str, dims: str, minor_to_major: str, layout: str | None) -> tuple[int, int]:
+def _tiled_bytes(dtype: str, dims: str, minor_to_major: str | None, layout: str | None) -> tuple[int, int]:
     itemsize = 1 if dtype == "pred" else int(re.sub(r"\D", "", dtype)) // 8
     shape = [int(d) for d in dims.split(",") if d]
-    order = [int(d) for d in minor_to_major.split(",") if d]
+    order = [int(d) for d in (minor_to_major or "").split(",") if d] or list(range(len(shape)))[::-1]
     physical = [shape[i] for i in reversed(order)] or [1]  # major to minor; a scalar is one element
     tile = re.search(r"T\(([0-9,]+)\)", layout or "")
     if tile:
