@@ -175,6 +175,8 @@ def _suggest(config, topology) -> tuple[dict, list[str]]:
 
 
 def _candidate_row(candidate, config) -> dict:
+    from meshtron.train.planner.layouts import changed_overrides
+
     p = candidate.plan
     return {"overrides": list(candidate.overrides), "changed": changed_overrides(config, candidate),
             "tensor": p.shape.tensor, "data": p.shape.data, "replica": p.shape.replica, "zero_stage": p.zero_stage,
