@@ -98,3 +98,12 @@ def test_tiny_step_compiled_for_a_v5e_slice_holds_the_formula_model_state():
                                                + figures.state_padding_bytes + figures.batch_padding_bytes)
     assert figures.compiled.comm_elements_by_kind()["data"]["all-gather"] > 0  # ZeRO-3 gathers over data
     assert figures.flops > 0 and figures.fits
+
+
+def test_libtpu_refusing_a_step_larger_than_hbm_is_read_as_does_not_fit():
+    from meshtron.train.planner.tpu import hbm_overflow
+
+    message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+               "(111.50G) exceeds available HBM (95.74G).")  # libtpu 0.0.42.1, llama-7b ZeRO-3 remat none on v5p-8
+    assert hbm_overflow(message) == (111.50 * 2**30, 95.74 * 2**30)
+    assert hbm_overflow("INVALID_ARGUMENT: something else") is None

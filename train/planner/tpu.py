@@ -131,9 +131,12 @@ _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 def hbm_overflow(message: str) -> tuple[float, float] | None:
-    """(used, capacity) bytes from libtpu's 'Ran out of memory in memory space hbm. Used 20.51G of 15.75G
-    hbm.', or None for any other error."""
-    match = re.search(r"Used ([0-9.]+)([KMGT]?) of ([0-9.]+)([KMGT]?) hbm", message)
+    """(needed, capacity) bytes from libtpu's refusal ('Ran out of memory on HBM, the total memory required
+    for HLO temporaries (111.50G) exceeds available HBM (95.74G).' or '... Used 20.51G of 15.75G hbm'),
+    or None for any other error."""
+    match = (re.search(r"required for HLO temporaries \(([0-9.]+)([KMGT]?)\) exceeds available HBM "
+                       r"\(([0-9.]+)([KMGT]?)\)", message)
+             or re.search(r"Used ([0-9.]+)([KMGT]?) of ([0-9.]+)([KMGT]?) hbm", message))
     if not match:
         return None
     return float(match.group(1)) * _UNITS[match.group(2)], float(match.group(3)) * _UNITS[match.group(4)]
