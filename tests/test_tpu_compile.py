@@ -3,6 +3,9 @@ for a small slice (skipped without libtpu), and `--suggest`'s search."""
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -107,3 +110,14 @@ def test_libtpu_refusing_a_step_larger_than_hbm_is_read_as_does_not_fit():
                "(111.50G) exceeds available HBM (95.74G).")  # libtpu 0.0.42.1, llama-7b ZeRO-3 remat none on v5p-8
     assert hbm_overflow(message) == (111.50 * 2**30, 95.74 * 2**30)
     assert hbm_overflow("INVALID_ARGUMENT: something else") is None
+
+
+@needs_libtpu
+def test_with_libtpu_installed_ordinary_runs_stay_on_the_cpu_and_quiet():
+    # no JAX_PLATFORMS: JAX would try the TPU backend; Meshtron skips it where no TPU chip exists
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+    code = ("from meshtron.parallel.jax_compat import skip_absent_tpu; skip_absent_tpu(); "
+            "import jax; print(jax.default_backend())")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "cpu"
+    assert "TPU_ACCELERATOR_TYPE" not in done.stderr and "TPU_WORKER_HOSTNAMES" not in done.stderr

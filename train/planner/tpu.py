@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from meshtron.configs.errors import UserError
 from meshtron.configs.schema import Config
 from meshtron.parallel.mesh import MeshShape
-from meshtron.train.planner import hlo
-from meshtron.train.planner.compiled import CompiledFigures
+from meshtron.train.planner.compiled import CompiledFigures, lower_train_step, read_figures
 from meshtron.train.planner.topology import Topology
 
 INSTALL_HINT = 'pip install "meshtron[tpu-compile]" (it brings libtpu, the TPU compiler; no TPU needed)'
@@ -190,18 +189,9 @@ class TpuFigures:
 def compile_for_topology(config: Config, shape: MeshShape, topology: Topology) -> TpuFigures:
     """Compile the train step `meshtron train` runs for `config` on the slice and read its figures
     (cached per process). `config` should already be tpu_config(config)."""
-    import jax
-    import jax.numpy as jnp
-
-    from meshtron.train.run.step import build_training
-
     mesh = topology_mesh(shape, topology)
     start = time.perf_counter()
-    training = build_training(config, mesh, shape)
-    params, opt_state = training.abstract_state()
-    n_state = len(jax.tree.leaves(params)) + len(jax.tree.leaves(opt_state))
-    lowered = training.compile_train_step().lower(params, opt_state, training.abstract_batch(),
-                                                  jax.ShapeDtypeStruct((), jnp.int32))
+    lowered, n_state = lower_train_step(config, mesh, shape)
     try:
         compiled = lowered.compile()
     except Exception as e:  # jax.errors.JaxRuntimeError; libtpu refuses a program larger than HBM
@@ -210,20 +200,16 @@ def compile_for_topology(config: Config, shape: MeshShape, topology: Topology) -
             raise
         raise OutOfHbm(*overflow, seconds=time.perf_counter() - start) from None
     seconds = time.perf_counter() - start
-    memory, text = compiled.memory_analysis(), compiled.as_text()
+    figures = read_figures(compiled, shape)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
-    sizes = argument_sizes(text)  # [(padded, unpadded)] per argument, in order
+    sizes = argument_sizes(figures.hlo_text)  # [(padded, unpadded)] per argument, in order
     state, rest = sizes[:n_state], sizes[n_state:]
-    figures = CompiledFigures(
-        argument_bytes=int(memory.argument_size_in_bytes), output_bytes=int(memory.output_size_in_bytes),
-        alias_bytes=int(memory.alias_size_in_bytes), temp_bytes=int(memory.temp_size_in_bytes),
-        collectives=tuple(hlo.collectives(text, shape.as_dict())), hlo_text=text)
     return TpuFigures(
         compiled=figures, topology=topology, flops=float(cost.get("flops", 0.0)),
         state_bytes=sum(u for _, u in state), state_padding_bytes=sum(p - u for p, u in state),
         batch_padding_bytes=sum(p - u for p, u in rest),
-        generated_code_bytes=int(memory.generated_code_size_in_bytes), compile_seconds=seconds)
+        generated_code_bytes=int(compiled.memory_analysis().generated_code_size_in_bytes), compile_seconds=seconds)
 
 
 # -- per-argument bytes from the compiled entry layout ----------------------------------------------
