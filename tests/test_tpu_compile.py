@@ -45,7 +45,7 @@ def test_two_slices_double_the_chips():
     ("v5p-100", "closest: v5p-128, v5p-64"),
     ("v5e-3", "closest: v5e-4"),
     ("v5x-16", "did you mean v5p or v5e"),
-    ("tpu-big", "not a TPU slice name"),
+    ("tpu-big", "not a TPU slice or GPU name"),
 ])
 def test_unknown_topology_is_one_line_with_the_closest_names(name, says):
     with pytest.raises(UserError, match=says) as error:
