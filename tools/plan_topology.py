@@ -164,14 +164,19 @@ def _suggest(config, topology) -> tuple[dict, list[str]]:
         done = row.get("compiled")
         note = "" if not done else f"{done['total_bytes'] / GIB:.2f} GiB " + ("fits" if done["fits"] else "NO FIT")
         lines.append(f"  {row['tensor']:>6}{row['zero_stage']:>5}{row['remat']:>6}{row['grad_accum']:>6}"
-                     f"{_bytes(row['total_bytes']):>11}{row['compute_s']:>8.3f}s{row['tensor_s']:>7.3f}s"
-                     f"{row['data_s']:>7.3f}s{row['step_s']:>7.3f}s  {note}")
+                     f"{_bytes(row['total_bytes']):>11}{_seconds(row['compute_s']):>9}{_seconds(row['tensor_s']):>8}"
+                     f"{_seconds(row['data_s']):>8}{_seconds(row['step_s']):>8}  {note}")
     if winner is None:
         lines.append("none of the three fastest fits once compiled; the formulas are short here: try remat or "
                      "more micro-batches")
     else:
         lines += ["", f"winner: meshtron train --config {config.name} " + " ".join(report["winner"])]
     return report, lines
+
+
+def _seconds(value: float) -> str:
+    """0.0123 -> '12.3ms', 1.5 -> '1.50s'."""
+    return f"{value * 1e3:.3g}ms" if value < 1 else f"{value:.3g}s"
 
 
 def _candidate_row(candidate, config) -> dict:
