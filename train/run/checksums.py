@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 
 
 class ChecksumMismatch(UserError):
