@@ -89,7 +89,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(reference, tmp_p
 
 
 def test_a_second_live_run_on_the_same_directory_is_refused(tmp_path, text_corpus):
-    from meshtron.train.run.loop import run_lock
+    from meshtron.train.run.rundir import run_lock
 
     with run_lock(tmp_path / "run"):
         with pytest.raises(UserError, match="in use by a live run"):
