@@ -169,7 +169,7 @@ class TrainConfig:
     sample_prompt: str = "def "
     """Prompt of the text sample printed at the end of training ('' for none)."""
     sample_tokens: int = 64
-    """Tokens generated for that sample (0 for none); at most half the context (model.seq_len)."""
+    """Tokens generated for that sample (0 for none); more than half the context (model.seq_len) is clamped."""
     skip_memory_check: bool = False
     """Train even when the planner's per-device memory estimate exceeds the device's memory."""
 

@@ -15,6 +15,8 @@ import dataclasses
 import importlib
 import io
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,10 +24,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshtron.configs.loader import UserError, config_from_raw, load_config
+from meshtron.configs.errors import UserError
+from meshtron.configs.loader import config_from_raw, load_config
 from meshtron.configs.schema import SECTION_CLASSES
 
-EXAMPLES = int(os.environ.get("MESHTRON_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("MESHTRON_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
 
@@ -42,68 +45,66 @@ class Reached(Exception):
     """Raised in place of the work behind a valid command line: the arguments were accepted."""
 
 
-@pytest.fixture(scope="module")
-def paths(tmp_path_factory) -> dict[str, list[str]]:
-    """Files and folders of every kind a user might point a flag at."""
-    root = tmp_path_factory.mktemp("fuzz")
-    (root / "empty_dir").mkdir()
-    (root / "file.txt").write_text("hello world\n" * 50)
-    (root / "empty.txt").write_text("")
-    (root / "binary.bin").write_bytes(bytes(range(256)) * 4)
-    (root / "bad.yaml").write_text("model: [unclosed\n")
-    (root / "list.yaml").write_text("- 1\n- 2\n")
-    (root / "good.yaml").write_text("model:\n  n_layers: 1\n  d_model: 32\n  n_heads: 2\n")
-    (root / "link_to_file").symlink_to(root / "file.txt")
-    (root / "dangling").symlink_to(root / "nowhere")
-    (root / "loop").symlink_to(root / "loop")
-    fake_run = root / "fake_run"
-    fake_run.mkdir()
-    (fake_run / "config.yaml").write_text("name: tiny\nmodel: {n_layers: 1}\n")
-    (root / "not_a_run").mkdir()
-    (root / "not_a_run" / "x.txt").write_text("x")
-    sources = [str(root / n) for n in ("file.txt", "empty.txt", "binary.bin", "empty_dir", "link_to_file",
-                                       "dangling", "loop", "missing")] + ["stdlib", "tfds:", "tfds:no_such_set", " "]
-    anywhere = sources + [str(root / n) for n in ("bad.yaml", "list.yaml", "good.yaml", "fake_run", "not_a_run")]
-    return {"root": [str(root)], "sources": sources, "anywhere": anywhere,
-            "new": [str(root / "new" / "out"), str(root / "file.txt" / "below_a_file")]}
+ROOT = Path(tempfile.mkdtemp(prefix="meshtron-fuzz-"))  # made at import: strategies below are built once
+SOURCES = [str(ROOT / n) for n in ("file.txt", "empty.txt", "binary.bin", "empty_dir", "link_to_file", "dangling",
+                                   "loop", "missing")] + ["stdlib", "tfds:", "tfds:no_such_set", " "]
+ANYWHERE = SOURCES + [str(ROOT / n) for n in ("bad.yaml", "list.yaml", "good.yaml", "fake_run", "not_a_run",
+                                              "new/out", "file.txt/below_a_file")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def paths():
+    """Files and folders of every kind a user might point a flag at, in ROOT."""
+    for name in ("empty_dir", "fake_run", "not_a_run"):
+        (ROOT / name).mkdir(exist_ok=True)
+    (ROOT / "file.txt").write_text("hello world\n" * 50)
+    (ROOT / "empty.txt").write_text("")
+    (ROOT / "binary.bin").write_bytes(bytes(range(256)) * 4)
+    (ROOT / "bad.yaml").write_text("model: [unclosed\n")
+    (ROOT / "list.yaml").write_text("- 1\n- 2\n")
+    (ROOT / "good.yaml").write_text("model:\n  n_layers: 1\n  d_model: 32\n  n_heads: 2\n")
+    for link, target in (("link_to_file", "file.txt"), ("dangling", "nowhere"), ("loop", "loop")):
+        if not (ROOT / link).is_symlink():
+            (ROOT / link).symlink_to(ROOT / target)
+    (ROOT / "fake_run" / "config.yaml").write_text("name: tiny\nmodel: {n_layers: 1}\n")
+    (ROOT / "not_a_run" / "x.txt").write_text("x")
+    yield ROOT
+    shutil.rmtree(ROOT, ignore_errors=True)
 
 
 # -- strategies -------------------------------------------------------------------------------------------------
 scalar_text = st.one_of(st.sampled_from(YAML_ODDITIES), st.text(max_size=12),
                         st.integers(-2**70, 2**70).map(str), st.floats(allow_nan=True).map(repr),
                         st.sampled_from(["0", "1", "2", "3", "4", "8", "64", "-1", "true", "false", "1e-3"]))
+section_key = st.one_of(st.sampled_from(KEYS), st.text(max_size=10),
+                        st.tuples(st.sampled_from(list(SECTION_CLASSES)), st.text(max_size=6)).map(".".join))
+
+
+def _pair(key: str, value: str, pool: list[str]) -> str:
+    return f"{key}={value if key not in PATH_KEYS else pool[hash(value) % len(pool)]}"
 
 
 def override(pool: list[str]):
-    key = st.one_of(st.sampled_from(KEYS), st.text(max_size=10),
-                    st.tuples(st.sampled_from(list(SECTION_CLASSES)), st.text(max_size=6)).map(".".join))
-    pair = key.flatmap(lambda k: (st.sampled_from(pool) if k in PATH_KEYS else scalar_text).map(lambda v: f"{k}={v}"))
-    return st.one_of(pair, st.text(max_size=10))  # text without '=' too
+    """key=value (path keys take a pooled path), or text without '='."""
+    return st.one_of(st.builds(lambda k, v: _pair(k, v, pool), section_key, scalar_text), st.text(max_size=10))
 
 
-def yaml_value(pool):
-    leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True),
-                     st.text(max_size=8), st.sampled_from(pool))
-    return st.recursive(leaf, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                      st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-                        max_leaves=6)
+leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True),
+                 st.text(max_size=8), st.sampled_from(SOURCES))
+yaml_value = st.one_of(leaf, st.lists(leaf, max_size=3), st.dictionaries(st.text(max_size=6), leaf, max_size=3))
+section = st.dictionaries(st.one_of(st.sampled_from(sorted({k.split(".")[1] for k in KEYS})), st.text(max_size=8)),
+                          yaml_value, max_size=5)
+raw_config = st.dictionaries(st.one_of(st.sampled_from(list(SECTION_CLASSES) + ["name"]), st.text(max_size=8)),
+                             st.one_of(section, yaml_value), max_size=4).map(lambda d: _safe_paths(d))
 
 
-def raw_config(pool):
-    section = st.dictionaries(st.one_of(st.sampled_from([k.split(".")[1] for k in KEYS]), st.text(max_size=8)),
-                              yaml_value(pool), max_size=5)
-    body = st.one_of(section, yaml_value(pool))
-    names = st.one_of(st.sampled_from(list(SECTION_CLASSES) + ["name"]), st.text(max_size=8))
-    return st.dictionaries(names, body, max_size=4).map(lambda d: _safe_paths(d, pool))
-
-
-def _safe_paths(raw: dict, pool: list[str]) -> dict:
+def _safe_paths(raw: dict) -> dict:
     """Path keys get a pooled value (see PATH_KEYS)."""
     data = raw.get("data")
     if isinstance(data, dict):
         for k in ("source", "tokenizer", "cache_dir"):
-            if k in data and not (isinstance(data[k], str) and data[k] in pool):
-                data[k] = pool[0]
+            if k in data and data[k] not in SOURCES:
+                data[k] = SOURCES[0]
     return raw
 
 
@@ -115,10 +116,8 @@ def check_one_line(error: BaseException) -> None:
 
 
 @FUZZ
-@given(data=st.data())
-def test_random_config_documents_load_or_fail_in_one_line(data, paths, tmp_path_factory):
-    raw = data.draw(raw_config(paths["sources"]))
-    overrides = data.draw(st.lists(override(paths["sources"]), max_size=4))
+@given(raw=raw_config, overrides=st.lists(override(SOURCES), max_size=4))
+def test_random_config_documents_load_or_fail_in_one_line(raw, overrides):
     try:
         config_from_raw(raw, "fuzz", overrides)
     except UserError as e:
@@ -130,8 +129,8 @@ def test_random_config_documents_load_or_fail_in_one_line(data, paths, tmp_path_
                                                                                         "train:", "  lr: x", ":",
                                                                                         "model: 3", "\"unclosed"]),
                                                        max_size=8).map("\n".join)))
-def test_random_yaml_files_load_or_fail_in_one_line(text, paths):
-    path = Path(paths["root"][0]) / "fuzzed.yaml"
+def test_random_yaml_files_load_or_fail_in_one_line(text):
+    path = ROOT / "fuzzed.yaml"
     path.write_text(text, encoding="utf-8", errors="surrogateescape")
     try:
         load_config(str(path))
@@ -187,8 +186,8 @@ def _stub_work(monkeypatch) -> None:
     def reached(*args, **kwargs):
         raise Reached
 
-    for module_name, attr in [("meshtron.train.loop", "train"), ("meshtron.tools.bench", "compile_seconds"),
-                              ("meshtron.parallel.plan_compiled", "compile_step"), ("jax.distributed", "initialize")]:
+    for module_name, attr in [("meshtron.train.run.loop", "train"), ("meshtron.tools.bench", "compile_seconds"),
+                              ("meshtron.train.planner.compiled", "compile_step"), ("jax.distributed", "initialize")]:
         monkeypatch.setattr(importlib.import_module(module_name), attr, reached)
 
 
@@ -220,11 +219,11 @@ def check_outcome(argv: list[str], code: int, err: str) -> None:
 
 
 @pytest.mark.parametrize("command", ["train", "generate", "export", "import", "plan", "scaling", "bench"])
-def test_random_command_lines_succeed_or_fail_in_one_line(command, paths, monkeypatch):
+def test_random_command_lines_succeed_or_fail_in_one_line(command, monkeypatch):
     _stub_work(monkeypatch)
-    monkeypatch.chdir(paths["root"][0])  # relative paths a command writes land in the fuzz folder
+    monkeypatch.chdir(ROOT)  # relative paths a command writes land in the fuzz folder
     parser = _command_parsers()[command]
-    pool = paths["anywhere"] + paths["new"]
+    pool = ANYWHERE
 
     @FUZZ
     @given(argv=_argv_for(parser, pool))

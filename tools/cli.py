@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from meshtron.configs.errors import UserError
+from meshtron.configs.errors import UserError, one_line
 
 COMMANDS = {
     "train": ("meshtron.tools.train_command", "train a model (default: the tiny preset on the Python stdlib)"),
@@ -77,10 +77,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {one_line(message)}; see `{self.prog} --help`\n")
 
-
-def one_line(text: str) -> str:
-    """`text` with line breaks and other control characters a user typed shown escaped: an error stays one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def _usage() -> str:

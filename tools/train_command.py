@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -33,18 +32,6 @@ def resolve_config(config_arg: str | None, run_dir: Path | None, overrides: list
     return load_config(config_arg or "tiny", overrides), False
 
 
-def check_run_dir(run_dir: Path) -> None:
-    """A --run-dir must be a folder, or a path where one can be made: anything else is one line."""
-    for parent in [run_dir, *run_dir.parents]:
-        if parent.exists() or parent.is_symlink():
-            if not parent.is_dir():
-                what = "is a file" if parent == run_dir else f"is below {parent}, which is a file"
-                raise UserError(f"--run-dir {run_dir} {what}; give a folder (new, or a run to resume)")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise UserError(f"--run-dir {run_dir}: {parent} is not writable; give a folder you can write to")
-            return
-
-
 def sample_length(config) -> tuple[int, str | None]:
     """Tokens of the end-of-training sample, clamped to half the context so the prompt keeps the other
     half; and a note to print before training when clamped."""
@@ -63,6 +50,7 @@ def run(args) -> int:
     from meshtron.train.data.prepare import check_source
     from meshtron.train.planner.memory_check import check_memory
     from meshtron.train.run.loop import train
+    from meshtron.train.run.rundir import check_run_dir
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     if run_dir is not None:

@@ -89,11 +89,22 @@ def _fits_as_is(config: Config, n_devices: int, per_device: float) -> bool:
         return False
 
 
+def _leanest(config: Config) -> Config:
+    """`config` with every memory saving the planner knows turned fully on (ZeRO-3, full remat, one
+    sequence per micro-batch)."""
+    import dataclasses
+
+    t = config.train
+    return dataclasses.replace(config, parallel=dataclasses.replace(config.parallel, zero_stage=3),
+                               model=dataclasses.replace(config.model, remat="full"),
+                               train=dataclasses.replace(t, grad_accum=t.batch_size))
+
+
 def _fix(config: Config, n_devices: int, per_device: float) -> str:
     """The planner's suggestion that fits `per_device` bytes, as words and overrides."""
     from meshtron.train.planner.plan import suggest
 
-    found = suggest(config, n_devices, per_device)
+    found = suggest(config, n_devices, per_device) if _fits_as_is(_leanest(config), n_devices, per_device) else None
     if found is not None:
         return (f"{found.description} would need {_gib(found.plan.total_bytes)} per device: add "
                 f"{' '.join(found.overrides)}")
@@ -101,9 +112,10 @@ def _fix(config: Config, n_devices: int, per_device: float) -> str:
     while devices <= 65536:
         if _fits_as_is(config, devices, per_device):
             return f"it would fit on {devices} such devices as configured, or use a smaller model"
-        found = suggest(config, devices, per_device)
-        if found is not None:
-            return (f"it would fit on {devices} such devices with {found.description} "
-                    f"({' '.join(found.overrides)}), or use a smaller model")
+        if _fits_as_is(_leanest(config), devices, per_device):  # only then search for the cheapest change
+            found = suggest(config, devices, per_device)
+            if found is not None:
+                return (f"it would fit on {devices} such devices with {found.description} "
+                        f"({' '.join(found.overrides)}), or use a smaller model")
         devices *= 2
     return "no layout the planner knows fits this model on such devices: use a smaller model"
