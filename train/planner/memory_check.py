@@ -89,22 +89,32 @@ def _fits_as_is(config: Config, n_devices: int, per_device: float) -> bool:
         return False
 
 
-def _leanest(config: Config) -> Config:
-    """`config` with every memory saving the planner knows turned fully on (ZeRO-3, full remat, one
-    sequence per micro-batch)."""
+def _leanest_fits(config: Config, n_devices: int, per_device: float) -> bool:
+    """Whether `config` fits with every memory saving the planner knows fully on (ZeRO-3, full remat, the
+    smallest micro-batch the mesh allows): a cheap test before searching for the smallest change."""
     import dataclasses
 
+    from meshtron.configs.errors import ConfigError
+    from meshtron.train.planner.plan import make_plan
+
     t = config.train
-    return dataclasses.replace(config, parallel=dataclasses.replace(config.parallel, zero_stage=3),
-                               model=dataclasses.replace(config.model, remat="full"),
-                               train=dataclasses.replace(t, grad_accum=t.batch_size))
+    lean = dataclasses.replace(config, parallel=dataclasses.replace(config.parallel, zero_stage=3),
+                               model=dataclasses.replace(config.model, remat="full"))
+    for accum in sorted((a for a in range(1, t.batch_size + 1) if t.batch_size % a == 0), reverse=True):
+        try:
+            plan = make_plan(dataclasses.replace(lean, train=dataclasses.replace(t, grad_accum=accum)), n_devices)
+        except ConfigError:
+            continue
+        if plan.micro_batch >= 1:
+            return plan.total_bytes <= per_device
+    return False
 
 
 def _fix(config: Config, n_devices: int, per_device: float) -> str:
     """The planner's suggestion that fits `per_device` bytes, as words and overrides."""
     from meshtron.train.planner.plan import suggest
 
-    found = suggest(config, n_devices, per_device) if _fits_as_is(_leanest(config), n_devices, per_device) else None
+    found = suggest(config, n_devices, per_device) if _leanest_fits(config, n_devices, per_device) else None
     if found is not None:
         return (f"{found.description} would need {_gib(found.plan.total_bytes)} per device: add "
                 f"{' '.join(found.overrides)}")
@@ -112,7 +122,7 @@ def _fix(config: Config, n_devices: int, per_device: float) -> str:
     while devices <= 65536:
         if _fits_as_is(config, devices, per_device):
             return f"it would fit on {devices} such devices as configured, or use a smaller model"
-        if _fits_as_is(_leanest(config), devices, per_device):  # only then search for the cheapest change
+        if _leanest_fits(config, devices, per_device):  # only then search for the cheapest change
             found = suggest(config, devices, per_device)
             if found is not None:
                 return (f"it would fit on {devices} such devices with {found.description} "

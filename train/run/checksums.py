@@ -23,15 +23,13 @@ class ChecksumMismatch(UserError):
 
 def _words(x: jax.Array) -> jax.Array:
     """The bits of `x` as a flat uint32 vector (narrower types widened, 64-bit types split in two words)."""
-    size = jnp.dtype(x.dtype).itemsize
-    if size == 4:
-        return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
-    if size == 8:
-        return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
-    unsigned = {2: jnp.uint16, 1: jnp.uint8}[size]
     if x.dtype == jnp.bool_:
         return x.astype(jnp.uint32).reshape(-1)
-    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).reshape(-1)
+    size = jnp.dtype(x.dtype).itemsize
+    if size in (4, 8):
+        return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
+    narrow = jax.lax.bitcast_convert_type(x, {2: jnp.uint16, 1: jnp.uint8}[size])
+    return narrow.astype(jnp.uint32).reshape(-1)
 
 
 def _sums(x: jax.Array) -> jax.Array:
