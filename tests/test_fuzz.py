@@ -175,7 +175,8 @@ def _argv_for(parser: argparse.ArgumentParser, pool: list[str]):
             choice = st.sampled_from(list(action.choices)) if action.choices else value
             parts.append(st.one_of(st.just([]), st.tuples(flag, st.one_of(choice, value)).map(list),
                                    st.tuples(flag, choice).map(lambda t: [f"{t[0]}={t[1]}"]), flag.map(lambda f: [f])))
-    unknown = st.lists(st.one_of(st.sampled_from(["--", "-", "--nope", "-x", "--json=1", "--help"]), st.text(max_size=5)),
+    odd_flags = st.sampled_from(["--", "-", "--nope", "-x", "--json=1", "--help"])
+    unknown = st.lists(st.one_of(odd_flags, st.text(max_size=5)),
                        max_size=2)
     return st.tuples(st.permutations(parts).flatmap(lambda ps: st.tuples(*ps)) if parts else st.just(()),
                      unknown).map(lambda t: [x for part in t[0] for x in part] + t[1])

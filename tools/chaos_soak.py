@@ -179,8 +179,9 @@ def soak(workdir: Path, cycles: int = 10, seed: int = 0, steps: int = 30, timeou
         shutil.rmtree(d, ignore_errors=True)
     failed_starts = run_to_end(reference, corpus, steps, workdir / "logs")
     kills = []
-    for _ in range(cycles):
+    for cycle in range(cycles):
         kills.append(kill_cycle(chaos, corpus, steps, workdir / "logs", rng, timeout))
+        print(json.dumps({"cycle": cycle + 1, **kills[-1]}), file=sys.stderr, flush=True)  # progress
     for i, kill in enumerate(kills):  # a kill loses what was logged after the checkpoint the next start resumed
         resumed_next = kills[i + 1]["resumed_from"] if i + 1 < len(kills) else None
         if resumed_next is not None:

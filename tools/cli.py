@@ -78,7 +78,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {one_line(message)}; see `{self.prog} --help`\n")
 
 
-
 def _usage() -> str:
     lines = ["usage: meshtron COMMAND [options]   (meshtron COMMAND --help for each)", "", "commands:"]
     lines += [f"  {name:<9} {help_text}" for name, (_, help_text) in COMMANDS.items()]
@@ -119,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             if name is None:
                 print(_usage())
                 return 0 if any(a in ("-h", "--help") for a in argv) else 2
-            print(f"meshtron: error: unknown command '{one_line(name)}'; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+            print(f"meshtron: error: unknown command '{one_line(name)}'; commands: {', '.join(COMMANDS)}",
+                  file=sys.stderr)
             return 2
         parser = _Parser(prog="meshtron")
         sub = parser.add_subparsers(dest="command")
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as e:  # user-fixable errors are one line; anything else is a bug and keeps its traceback
         if isinstance(e, UserError):
-            print(f"meshtron: error: {one_line(e)}", file=sys.stderr)
+            print(f"meshtron: error: {e}", file=sys.stderr)  # UserError's text is one line
             return 2
         _peer_failure(e)
         raise

@@ -6,7 +6,7 @@ a Python traceback. In a multi-process job the work therefore runs in a child pr
 command, MESHTRON_SUPERVISED set) whose C++ log (file descriptor 2) goes to a file while Python's
 own messages still reach the terminal; this parent turns the child's end by EXIT_PEER_LOST, a failed
 collective or an abort into one line and exit code EXIT_PEER_LOST (75), so a scheduler can requeue
-the job. The child dies with its parent (SIGKILL included); SIGTERM and SIGINT are passed on.
+the job. The child dies with its parent (SIGKILL included); SIGTERM is passed on.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ def supervise(argv: list[str], process_id: int, num_processes: int) -> int:
     env = dict(os.environ, **{ENV: log_path})
     child = subprocess.Popen([sys.executable, "-m", "meshtron.tools.cli", *argv], env=env,
                              preexec_fn=_die_with_parent)
-    forward = {sig: signal.signal(sig, lambda s, f: child.send_signal(s)) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # SIGTERM is passed on; Ctrl-C (SIGINT) reaches the child from the terminal itself, so the parent only ignores it
+    forward = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda s, f: child.send_signal(s)),
+               signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
     try:
         code = child.wait()
     finally:
