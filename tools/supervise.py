@@ -52,11 +52,24 @@ def supervise(argv: list[str], process_id: int, num_processes: int) -> int:
                          f"of the job is gone (its log: {log_path})") + "\n")
         return code
     if code in (-signal.SIGABRT, 128 + signal.SIGABRT):
+        if not _mentions(log_path, ("distributed service", "heartbeat", "coordination service")):
+            sys.stderr.write(f"meshtron: error: process {process_id} of {num_processes} aborted in JAX or XLA; "
+                             f"its log: {log_path}\n")
+            return 128 + signal.SIGABRT
         sys.stderr.write(peer_lost_message(process_id, num_processes, "JAX's distributed runtime ended it (a peer "
                                            f"died or the coordinator is unreachable; its log: {log_path})") + "\n")
         return EXIT_PEER_LOST
     _drop_if_empty(log_path)
     return code if code >= 0 else 128 - code
+
+
+def _mentions(path: str, marks: tuple[str, ...]) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return False
+    return any(mark in text for mark in marks)
 
 
 def _last_meshtron_line(path: str) -> str | None:
