@@ -1,0 +1,205 @@
+"""The planner: what a config needs per device on a mesh (memory, communication) before it runs.
+
+`make_plan` evaluates the formulas of train/planner/formulas.py for one config on N devices
+(N need not exist); `suggest` searches the nearby layouts (a higher ZeRO stage, a larger tensor
+degree, remat, a smaller micro-batch) for the cheapest one that fits a device's memory;
+`zero_paper_state` is the ZeRO paper's closed form for a bare parameter count Ψ.
+train/planner/compiled.py reads the same figures out of the compiled step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from dataclasses import dataclass
+
+from meshtron.configs.errors import ConfigError
+from meshtron.configs.loader import config_from_dict, config_to_dict
+from meshtron.configs.schema import Config
+from meshtron.model.counting import count_params
+from meshtron.train.planner import formulas
+from meshtron.parallel.mesh import MeshShape, resolve_mesh_shape
+from meshtron.train.planner.formulas import CommTerm, Precision
+from meshtron.parallel.rules import rules_for
+
+STAGES = (0, 1, 2, 3)
+REMAT_ORDER = ("none", "dots", "full")  # less memory, more recomputation, left to right
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Per-device memory (bytes) and per-step communication of one config on one mesh, from formulas."""
+
+    config: Config
+    shape: MeshShape
+    precision: Precision
+    micro_batch: int  # sequences per device per micro-batch
+    params_bytes: int
+    grads_bytes: int  # transient: built in the backward pass, never a step argument
+    optimizer_bytes: int
+    batch_bytes: int
+    step_bytes: int
+    gathered_bytes: int  # ZeRO-3's gathered weights (embedding/head for the step, one block at a time)
+    activation_bytes_per_layer: int
+    activation_bytes_outside_layers: int
+    comm: tuple[CommTerm, ...]
+    stages: dict  # ZeRO stage -> {params_bytes, grads_bytes, optimizer_bytes} on this mesh
+
+    @property
+    def zero_stage(self) -> int:
+        """The ZeRO stage planned."""
+        return self.config.parallel.zero_stage
+
+    @property
+    def activation_bytes(self) -> int:
+        """All layers' saved activations plus the output layer's, for one micro-batch."""
+        return self.config.model.n_layers * self.activation_bytes_per_layer + self.activation_bytes_outside_layers
+
+    @property
+    def argument_bytes(self) -> int:
+        """Bytes of the train step's arguments: what compiled memory_analysis() calls argument_size."""
+        return self.params_bytes + self.optimizer_bytes + self.batch_bytes + self.step_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        """Arguments, gradient buffer, gathered weights and activations: the figure checked against a device."""
+        return self.argument_bytes + self.grads_bytes + self.gathered_bytes + self.activation_bytes
+
+    def comm_elements(self) -> dict[str, float]:
+        """Elements sent per device per step, by mesh axis."""
+        return _by_axis(self.comm, lambda t: t.elements)
+
+    def comm_bytes(self) -> dict[str, float]:
+        """Bytes sent per device per step, by mesh axis."""
+        return _by_axis(self.comm, lambda t: t.bytes)
+
+    def comm_elements_by_kind(self) -> dict[str, dict[str, float]]:
+        """{axis: {collective kind: elements}}, the shape of parallel.hlo.comm_by_axis."""
+        out: dict[str, dict[str, float]] = {}
+        for t in self.comm:
+            kinds = out.setdefault(t.axis, {})
+            kinds[t.kind] = kinds.get(t.kind, 0.0) + t.elements
+        return out
+
+
+def _by_axis(terms, value) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for t in terms:
+        out[t.axis] = out.get(t.axis, 0.0) + value(t)
+    return out
+
+
+def micro_batch_size(config: Config, shape: MeshShape) -> int:
+    """Sequences one device runs per micro-batch: batch_size / (replica x data) / grad_accum."""
+    return config.train.batch_size // shape.batch_shards // config.train.grad_accum
+
+
+def make_plan(config: Config, n_devices: int, precision: str = "config") -> Plan:
+    """Plan `config` on `n_devices` devices (they need not exist); ConfigError if the mesh is impossible."""
+    shape = resolve_mesh_shape(config, n_devices)
+    m, t = config.model, config.train
+    vocab_rows = m.padded_vocab(shape.tensor)
+    params, opt_state = formulas.state_tensors(m, t, vocab_rows)
+    prec = formulas.precision_for(precision, m)
+    rules, degrees = rules_for(config.parallel.zero_stage), shape.as_dict()
+    micro = micro_batch_size(config, shape)
+    stages = {s: formulas.model_state_bytes(params, opt_state, rules_for(s), degrees, prec) for s in STAGES}
+    comm = (formulas.data_axis_terms(params, config, shape, prec)
+            + formulas.replica_axis_terms(params, config, shape, rules, prec)
+            + formulas.tensor_axis_terms(m, micro, t.grad_accum, shape.tensor, prec.activation_bytes))
+    return Plan(
+        config=config, shape=shape, precision=prec, micro_batch=micro, **stages[config.parallel.zero_stage],
+        batch_bytes=formulas.batch_bytes(config, shape), step_bytes=formulas.step_argument_bytes(config),
+        gathered_bytes=formulas.gathered_weight_bytes(params, rules, degrees, m, prec),
+        activation_bytes_per_layer=formulas.activation_bytes_per_layer(m, micro, shape.tensor, prec.activation_bytes),
+        activation_bytes_outside_layers=formulas.activation_bytes_outside_layers(
+            m, micro, shape.tensor, vocab_rows, prec.activation_bytes),
+        comm=tuple(comm), stages=stages)
+
+
+def params_total(config: Config) -> int:
+    """The model's parameter count (model/counting.py, unpadded vocabulary)."""
+    return count_params(config.model).total
+
+
+# -- the ZeRO paper's closed form -----------------------------------------------------------------
+def zero_paper_state(psi: float, data_degree: int, stage: int, bytes_per_param: tuple = (2, 2, 12)) -> dict:
+    """Rajbhandari et al. 2020: per-device bytes of Ψ parameters at data-parallel degree N with
+    (params, grads, optimizer) bytes per parameter, the formula in Ψ, and the data-axis ring volume."""
+    p, g, k = bytes_per_param
+    n = data_degree
+    state = {"params_bytes": p * psi / (n if stage >= 3 else 1),
+             "grads_bytes": g * psi / (n if stage >= 2 else 1),
+             "optimizer_bytes": k * psi / (n if stage >= 1 else 1)}
+    state["model_state_bytes"] = sum(state.values())
+    # bytes per parameter held whole, and held as a 1/N slice
+    whole, split = {0: (p + g + k, 0), 1: (p + g, k), 2: (p, g + k), 3: (0, p + g + k)}[stage]
+    state["formula"] = " + ".join(([f"{whole}Ψ"] if whole else []) + ([f"{split}Ψ/N"] if split else []))
+    state["comm_elements"] = {"data": (3 if stage == 3 else 2) * psi * (n - 1) / n}
+    return state
+
+
+def bare_mesh_shape(config: Config, n_devices: int) -> MeshShape:
+    """Degrees for a bare parameter count: the config's parallel keys on n devices, no model or batch to check."""
+    bare = dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=n_devices, grad_accum=1),
+                               parallel=dataclasses.replace(config.parallel, zero_stage=0))
+    return resolve_mesh_shape(bare, n_devices)
+
+
+# -- what to change when a plan does not fit --------------------------------------------------------
+@dataclass(frozen=True)
+class Suggestion:
+    """The cheapest change that makes a plan fit, and the plan it gives."""
+
+    overrides: tuple[str, ...]  # key=value, as typed on the command line
+    description: str
+    plan: Plan
+
+
+def _choices(config: Config, n_devices: int):
+    """Every combination of more ZeRO, more tensor degree, more remat and more micro-batches than
+    `config`: one (steps along the knob, key=value overrides, words) per knob."""
+    p, m, t = config.parallel, config.model, config.train
+    stages = [(s - p.zero_stage, (f"parallel.zero_stage={s}",), f"ZeRO stage {s}") for s in STAGES if s >= p.zero_stage]
+    tensors, degree = [], p.tensor
+    while n_devices % (p.replica * degree) == 0:
+        data = n_devices // (p.replica * degree)
+        tensors.append((round(math.log2(degree / p.tensor)), (f"parallel.data={data}", f"parallel.tensor={degree}"),
+                        f"tensor degree {degree} (data {data})"))
+        degree *= 2
+    remats = [(REMAT_ORDER.index(r) - REMAT_ORDER.index(m.remat), (f"model.remat={r}",), f"remat {r}")
+              for r in REMAT_ORDER[REMAT_ORDER.index(m.remat):]]
+    accums, accum = [], t.grad_accum
+    while t.batch_size % accum == 0:
+        accums.append((round(math.log2(accum / t.grad_accum)), (f"train.grad_accum={accum}",),
+                       f"grad_accum {accum} (smaller micro-batches)"))
+        accum *= 2
+    # knob order is the preference between equally small changes: ZeRO first (stages 1-2 cost no
+    # extra traffic), then micro-batches, remat, and last the tensor degree (traffic on every layer)
+    return itertools.product(stages, accums, remats, tensors)
+
+
+def _cost(choice) -> tuple:
+    """Fewest knobs turned, then fewest steps along them, then the knob preference."""
+    steps = [c[0] for c in choice]
+    return sum(1 for s in steps if s), sum(steps), tuple(reversed(steps))
+
+
+def suggest(config: Config, n_devices: int, device_memory_bytes: float, precision: str = "config") -> Suggestion | None:
+    """The layout that fits `device_memory_bytes` with the least change (see _cost), planned with the same
+    formulas; None if nothing within reach fits or nothing needs to change."""
+    as_dict = config_to_dict(config)
+    for choice in sorted(_choices(config, n_devices), key=_cost):
+        try:  # the overrides applied exactly as the command line would apply them
+            changed = config_from_dict(as_dict, [o for c in choice for o in c[1]])
+            plan = make_plan(changed, n_devices, precision)
+        except ConfigError:  # an impossible layout (heads, batch or width do not divide)
+            continue
+        if plan.total_bytes <= device_memory_bytes:
+            moved = [c for c in choice if c[0]]
+            if not moved:
+                return None
+            return Suggestion(overrides=tuple(o for c in moved for o in c[1]),
+                              description=", ".join(c[2] for c in moved), plan=plan)
+    return None
