@@ -213,6 +213,34 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"config key '{key}': {message}")
 
 
+def _validate_pipeline(m, p, t) -> None:
+    """parallel.pipeline, microbatches, schedule, virtual_stages (the divisibility by the per-replica batch
+    is checked with the mesh, which knows the data degree)."""
+    _require(p.pipeline >= 1, "parallel.pipeline", f"must be >= 1, got {p.pipeline}")
+    _require(p.microbatches >= 1, "parallel.microbatches", f"must be >= 1, got {p.microbatches}")
+    _require(p.virtual_stages >= 1, "parallel.virtual_stages", f"must be >= 1, got {p.virtual_stages}")
+    if p.pipeline == 1:
+        return
+    _require(m.n_layers % p.pipeline == 0, "parallel.pipeline",
+             f"{p.pipeline} stages do not divide model.n_layers={m.n_layers}; use a divisor of {m.n_layers}")
+    per_stage = m.n_layers // p.pipeline
+    if p.schedule == "interleaved":
+        _require(per_stage % p.virtual_stages == 0, "parallel.virtual_stages",
+                 f"{p.virtual_stages} virtual stages do not divide the {per_stage} layers per stage; use a divisor "
+                 f"of {per_stage}")
+    else:
+        _require(p.virtual_stages == 1, "parallel.virtual_stages",
+                 "only the interleaved schedule has virtual stages; set parallel.schedule=interleaved or 1")
+    if p.schedule in ("1f1b", "interleaved"):
+        _require(p.microbatches >= p.pipeline, "parallel.microbatches",
+                 f"{p.schedule} needs at least as many micro-batches as stages ({p.microbatches} < "
+                 f"{p.pipeline}); use parallel.microbatches={2 * p.pipeline}")
+    _require(t.grad_accum == 1, "train.grad_accum",
+             f"with pipeline stages the micro-batches are parallel.microbatches; set train.grad_accum=1 and "
+             f"parallel.microbatches={p.microbatches * t.grad_accum}")
+    _require(m.scan_layers, "model.scan_layers", "pipeline stages split the stacked layers; set it to true")
+
+
 def validate(config: Config) -> None:
     """Reject impossible values with a one-line message naming the key and the fix."""
     m, p, t, d, c = config.model, config.parallel, config.train, config.data, config.checkpoint
@@ -247,6 +275,7 @@ def validate(config: Config) -> None:
                  f"tensor degree {p.tensor} does not divide model.n_{key}={n}; use a divisor of it")
     _require(m.ff_dim % p.tensor == 0, "parallel.tensor",
              f"tensor degree {p.tensor} does not divide the MLP width {m.ff_dim}; use a divisor or change model.d_ff")
+    _validate_pipeline(m, p, t)
 
     for key in ("steps", "batch_size", "grad_accum", "log_every", "eval_batches", "max_bad_steps"):
         _require(getattr(t, key) > 0, f"train.{key}", f"must be positive, got {getattr(t, key)}")

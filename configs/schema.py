@@ -33,6 +33,7 @@ CHOICES = {
     "model.remat": ("none", "full", "dots"),
     "model.attention": ("auto", "xla", "cudnn"),
     "train.schedule": ("cosine", "linear", "constant"),
+    "parallel.schedule": ("gpipe", "1f1b", "interleaved"),
 }
 
 
@@ -128,6 +129,15 @@ class ParallelConfig:
     """Megatron tensor-parallel degree (heads, MLP and vocabulary split across devices)."""
     zero_stage: int = 0
     """ZeRO stage over the data axis: 0 none, 1 optimizer state, 2 + gradients, 3 + parameters."""
+    pipeline: int = 1
+    """Pipeline stages P: the layers are split evenly over a `stage` mesh axis (must divide model.n_layers)."""
+    microbatches: int = 1
+    """Micro-batches M per step through the pipeline (pipeline > 1); must divide the per-replica batch."""
+    schedule: str = "1f1b"
+    """Pipeline schedule: gpipe | 1f1b (at most P micro-batches' activations in flight; needs M >= P) |
+    interleaved (v virtual stages per device, bubble (P-1)/(vM+P-1))."""
+    virtual_stages: int = 1
+    """Model chunks per device for the interleaved schedule; must divide the layers per stage."""
 
 
 @dataclass(frozen=True)

@@ -29,12 +29,13 @@ from meshtron.parallel.rules import BATCH_AXES, STAGE_AXIS
 
 def split_blocks(params):
     """(stacked blocks, everything else) of a parameter (or gradient) State."""
-    return params["blocks"], nnx.State({k: v for k, v in params.items() if k != "blocks"})
+    raw = params.raw_mapping
+    return nnx.State(raw["blocks"]), nnx.State({k: v for k, v in raw.items() if k != "blocks"})
 
 
 def join_blocks(blocks, rest):
     """The inverse of split_blocks."""
-    return nnx.State({**rest, "blocks": blocks})
+    return nnx.State({**rest.raw_mapping, "blocks": blocks.raw_mapping})
 
 
 def to_chunks(blocks, stages: int, virtual: int):
