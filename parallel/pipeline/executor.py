@@ -86,14 +86,7 @@ def run_schedule(schedule: Schedule, first_fn, stage_fn, last_fn, chunk_params, 
     y_struct, res_struct = jax.eval_shape(forward, one_chunk, x_struct, 0, 0)
     head_struct = jax.eval_shape(lambda sh, y, tg: jax.vjp(last_fn, sh, y, tg)[0], shared, y_struct, take(targets, 0))
     flow_axes = tuple(set(varying_axes(x_struct)) | set(varying_axes(y_struct)) | {axis})
-    buffers = {
-        "stash": [jnp.stack([zeros_like_struct(r)] * (schedule.slots["stash"] + 1)) for r in res_struct],
-        "act": jnp.stack([zeros_like_struct(x_struct, flow_axes)] * (schedule.slots["act"] + 1)),
-        "grad": jnp.stack([zeros_like_struct(y_struct, flow_axes)] * (schedule.slots["grad"] + 1)),
-        "grads": jax.tree.map(jnp.zeros_like, chunk_params),
-        "shared": jax.tree.map(jnp.zeros_like, shared),
-        "loss": zeros_like_struct(head_struct, (axis,)),
-    }
+    buffers = _buffers(schedule, axis, flow_axes, x_struct, y_struct, res_struct, head_struct, chunk_params, shared)
 
     def tick(carry, t, perm):
         row = dict(zip(FIELDS, table[t, stage]))
@@ -104,7 +97,8 @@ def run_schedule(schedule: Schedule, first_fn, stage_fn, last_fn, chunk_params, 
         carry = dict(carry)
         y, residuals, loss, d_head, dy = f_out
         dx, d_chunk, d_embed = b_out
-        carry["stash"] = [b.at[row["stash"]].set(r) for b, r in zip(carry["stash"], residuals)]
+        carry["stash"] = [b.at[row["stash"]].set(vary_like(r, varying_axes(b)))
+                          for b, r in zip(carry["stash"], residuals)]
         carry["grad"] = carry["grad"].at[row["dy"]].set(vary_like(dy, flow_axes))
         carry["grads"] = jax.tree.map(lambda g, d: g.at[row["chunk"]].add(d), carry["grads"], d_chunk)
         carry["shared"] = jax.tree.map(lambda g, a, b: g + a + b, carry["shared"], d_head, d_embed)
@@ -128,6 +122,22 @@ def run_schedule(schedule: Schedule, first_fn, stage_fn, last_fn, chunk_params, 
     loss = jax.lax.psum(carry["loss"], axis)
     shared_grads = jax.tree.map(lambda g: jax.lax.psum(g, axis), carry["shared"])
     return loss, carry["grads"], shared_grads
+
+
+def _buffers(schedule, axis, flow_axes, x_struct, y_struct, res_struct, head_struct, chunk_params, shared):
+    """The scan's carry: stash, inboxes (one scratch slot each, for ticks that write nothing), gradient
+    accumulators and the loss; sized by the schedule table."""
+    def slots(name, struct, axes):
+        return jnp.stack([zeros_like_struct(struct, axes)] * (schedule.slots[name] + 1))
+
+    return {
+        "stash": [slots("stash", r, (axis,)) for r in res_struct],
+        "act": slots("act", x_struct, flow_axes),
+        "grad": slots("grad", y_struct, flow_axes),
+        "grads": jax.tree.map(jnp.zeros_like, chunk_params),
+        "shared": jax.tree.map(jnp.zeros_like, shared),
+        "loss": zeros_like_struct(head_struct, (axis,)),
+    }
 
 
 def _zeros_of(fn, *args):
