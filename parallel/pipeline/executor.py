@@ -88,12 +88,16 @@ def run_schedule(schedule: Schedule, first_fn, stage_fn, last_fn, chunk_params, 
     flow_axes = tuple(set(varying_axes(x_struct)) | set(varying_axes(y_struct)) | {axis})
     buffers = _buffers(schedule, axis, flow_axes, x_struct, y_struct, res_struct, head_struct, chunk_params, shared)
 
-    def tick(carry, t, perm):
+    def tick(carry, t, perm, ops):
         row = dict(zip(FIELDS, table[t, stage]))
         params_c = take(chunk_params, row["chunk"])
         k = row["chunk"] * P + stage
-        f_out = _forward_slot(row, carry, params_c, k, shared, inputs, targets, first_fn, last_fn, forward)
-        b_out = _backward_slot(row, carry, params_c, k, shared, inputs, first_fn, stage_fn, res)
+        slots = ((_forward_slot, (row, carry, params_c, k, shared, inputs, targets, first_fn, last_fn, forward)),
+                 (_backward_slot, (row, carry, params_c, k, shared, inputs, first_fn, stage_fn, res)))
+        # a slot no stage uses at this tick of the phase is not compiled at all (GPipe's forward phase
+        # has no backward slots): zeros of its shapes instead
+        f_out, b_out = (slot(*args) if op in ops else _zeros_of(lambda s=slot, a=args: s(*a))() for op, (slot, args)
+                        in zip((FWD, BWD), slots))
         carry = dict(carry)
         y, residuals, loss, d_head, dy = f_out
         dx, d_chunk, d_embed = b_out
@@ -112,10 +116,12 @@ def run_schedule(schedule: Schedule, first_fn, stage_fn, last_fn, chunk_params, 
     carry = buffers
     for start, period, count in phases(schedule):
         perms = [schedule.perms[schedule.perm_of_tick[start + j]] for j in range(period)]
+        op_column = schedule.table[:, :, FIELDS.index("op")]
+        ops = [set(np.unique(op_column[start + j:start + period * count:period])) for j in range(period)]
 
-        def body(carry, n, start=start, period=period, perms=perms):
+        def body(carry, n, start=start, period=period, perms=perms, ops=ops):
             for j in range(period):
-                carry = tick(carry, start + n * period + j, perms[j])
+                carry = tick(carry, start + n * period + j, perms[j], ops[j])
             return carry, None
 
         carry, _ = jax.lax.scan(body, carry, jnp.arange(count))
