@@ -20,8 +20,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from meshtron.configs.errors import UserError
-from meshtron.configs.loader import config_to_dict
-from meshtron.configs.schema import Config
+from meshtron.configs.loader import config_from_dict, config_to_dict
+from meshtron.configs.schema import Config, shape_keys
 from meshtron.parallel.zero import logical_names
 
 CHECKPOINT_DIR = "checkpoints"
@@ -111,17 +111,11 @@ class Checkpointer:
         self.manager.close()
 
 
-# Keys whose change alters the parameters' shapes or structure: a checkpoint cannot continue under them.
-SHAPE_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size", "position", "norm",
-              "mlp", "bias", "tie_embeddings", "parallel_block", "scan_layers")
-
-
 def check_compatible(saved: dict, config: Config) -> None:
-    """Refuse, before loading anything, a resume whose model differs from the checkpoint's."""
-    from meshtron.configs.loader import config_from_dict
-
+    """Refuse, before loading anything, a resume whose model differs from the checkpoint's in a key that
+    defines the parameters' shapes (marked `shape` in configs/schema.py)."""
     before = config_from_dict(saved).model
-    for key in SHAPE_KEYS + (("seq_len",) if config.model.position == "learned" else ()):
+    for key in shape_keys(config.model):
         old, new = getattr(before, key), getattr(config.model, key)
         if old != new:
             raise UserError(f"cannot resume: the checkpoint has model.{key}={old} but the config asks for {new}; "
