@@ -35,7 +35,7 @@ def test_1f1b_plans_p_micro_batches_of_activations_and_gpipe_all():
     assert plans["1f1b"].activation_bytes < plans["gpipe"].activation_bytes
 
 
-def test_stage_axis_moves_what_the_plan_says():
+def test_stage_axis_moves_what_the_plan_says_and_state_is_split_as_planned():
     # P=2 x data=2 x tensor=2, 1F1B over 4 micro-batches: 2(M+P-1) = 10 ticks, sends on the 5 even ones
     config = load_config("tiny", FOUR_LAYERS + ["parallel.pipeline=2", "parallel.data=2", "parallel.tensor=2",
                                                 "parallel.microbatches=4", "parallel.zero_stage=1"])
@@ -47,6 +47,7 @@ def test_stage_axis_moves_what_the_plan_says():
     assert formula["collective-permute"] == 5 * b * s * h
     assert seen["collective-permute"] == pytest.approx(formula["collective-permute"])
     assert 0 <= seen["all-reduce"] - formula["all-reduce"] < 100  # + the loss, a scalar
+    assert plan.argument_bytes == compiled.argument_bytes  # blocks split over the stages, as planned
 
 
 def params_on(overrides, n_devices):
