@@ -108,6 +108,11 @@ class ModelConfig:
     """Compute the output layer and loss over this many positions at a time (0: all at once)."""
     vocab_multiple: int = key(128, check=POSITIVE)
     """Pad the embedding rows to a multiple of this times the tensor degree (Megatron style)."""
+    parametrization: str = key("standard", choices=("standard", "mup"))
+    """standard | mup (Tensor Programs V, Table 3: learning rate and init tuned at mup_base_width carry over)."""
+    mup_base_width: int | None = key(None, check=POSITIVE_OR_UNSET)
+    """The d_model hyper-parameters were tuned at, for muP (default: this d_model, so muP changes only attention
+    scale and the output init)."""
 
     @property
     def kv_heads(self) -> int:
@@ -196,6 +201,8 @@ class TrainConfig:
     """Prompt of the text sample printed at the end of training ('' for none)."""
     sample_tokens: int = key(64, check=NON_NEGATIVE)
     """Tokens generated for that sample (0 for none)."""
+    scaling_fit: str = key("")
+    """A fit file from `meshtron scaling fit --out` to plan and predict this run with (default: Chinchilla's constants)."""
 
 
 @dataclass(frozen=True)

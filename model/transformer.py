@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from meshtron.configs.schema import ModelConfig
+from meshtron.model import mup
 from meshtron.model.block import Block
 from meshtron.model.layers import Norm, compute_dtype, dropout, make_param, sinusoidal_positions
 from meshtron.parallel import spmd
@@ -69,7 +70,8 @@ class Transformer(nnx.Module):
             self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
         self.final_norm = Norm(cfg)
         self.head = (None if cfg.tie_embeddings else
-                     make_param(rngs, padded_init(jax.nn.initializers.normal(cfg.init_std), cfg.vocab_size,
+                     make_param(rngs, padded_init(jax.nn.initializers.normal(0.0 if mup.zero_head(cfg) else
+                                                                             cfg.init_std), cfg.vocab_size,
                                                   self.vocab_rows, vocab_axis=1),
                                 (cfg.d_model, self.vocab_rows), ("embed", "vocab"), cfg))
 
@@ -108,6 +110,8 @@ class Transformer(nnx.Module):
             out = (embed if embed is not None else spmd.gathered(self.embed)).tokens[...].T
         else:
             out = spmd.gathered(self.head)[...]
+        if mup.enabled(self.cfg):
+            out = out * mup.output_multiplier(self.cfg)  # logits x base/width
         return x, out.astype(compute_dtype(self.cfg))
 
     # -- the two outputs ---------------------------------------------------------------------
