@@ -18,7 +18,7 @@ from meshtron.configs.errors import ConfigError
 from meshtron.configs.loader import config_from_dict, config_to_dict
 from meshtron.configs.schema import Config
 from meshtron.model.counting import count_params
-from meshtron.train.planner import formulas
+from meshtron.train.planner import formulas, temporaries
 from meshtron.parallel.mesh import MeshShape, resolve_mesh_shape
 from meshtron.train.planner.formulas import CommTerm, Precision
 from meshtron.parallel.rules import rules_for
@@ -42,7 +42,10 @@ class Plan:
     batch_bytes: int
     step_bytes: int
     gathered_bytes: int  # ZeRO-3's gathered weights (embedding/head for the step, one block at a time)
-    activation_bytes_per_layer: int
+    compute_copy_bytes: int  # the local parameters cast to the compute dtype (planner/temporaries.py)
+    working_bytes: int  # one block's backward, the logits' gradient, ZeRO-3's gathered gradients
+    activation_bytes_per_layer: int  # Korthikanti et al. 2022's count
+    kept_bytes_per_layer: int  # what the compiled block keeps beyond it (float32 copies; temporaries.py)
     activation_bytes_outside_layers: int
     comm: tuple[CommTerm, ...]
     stages: dict  # ZeRO stage -> {params_bytes, grads_bytes, optimizer_bytes} on this mesh
@@ -57,8 +60,9 @@ class Plan:
     def activation_bytes(self) -> int:
         """All layers' saved activations plus the output layer's, for one micro-batch; with pipeline stages,
         this stage's layers for every micro-batch it keeps in flight."""
+        per_layer = self.activation_bytes_per_layer + self.kept_bytes_per_layer
         layers = self.config.model.n_layers * (self.pipeline.layers_in_flight_per_layer if self.pipeline else 1)
-        return round(layers * self.activation_bytes_per_layer) + self.activation_bytes_outside_layers
+        return round(layers * per_layer) + self.activation_bytes_outside_layers
 
     @property
     def argument_bytes(self) -> int:
@@ -66,9 +70,15 @@ class Plan:
         return self.params_bytes + self.optimizer_bytes + self.batch_bytes + self.step_bytes
 
     @property
+    def temporary_bytes(self) -> int:
+        """Everything that is not an argument: what compiled memory_analysis() calls temp_size."""
+        return (self.grads_bytes + self.gathered_bytes + self.compute_copy_bytes + self.activation_bytes
+                + self.working_bytes)
+
+    @property
     def total_bytes(self) -> int:
-        """Arguments, gradient buffer, gathered weights and activations: the figure checked against a device."""
-        return self.argument_bytes + self.grads_bytes + self.gathered_bytes + self.activation_bytes
+        """Arguments and temporaries: the figure checked against a device."""
+        return self.argument_bytes + self.temporary_bytes
 
     def comm_elements(self) -> dict[str, float]:
         """Elements sent per device per step, by mesh axis."""
@@ -118,11 +128,17 @@ def make_plan(config: Config, n_devices: int, precision: str = "config") -> Plan
             + formulas.replica_axis_terms(params, config, shape, rules, prec)
             + formulas.tensor_axis_terms(share_model, micro, passes, shape.tensor, prec.activation_bytes)
             + stage_axis_terms(params, config, shape, rules, micro, prec.activation_bytes, figures))
+    gathered = formulas.gathered_weight_bytes(params, rules, degrees, m, prec)
+    working = (temporaries.block_working_bytes(m, micro, shape.tensor, prec.activation_bytes)
+               + temporaries.logits_gradient_bytes(m, micro, shape.tensor, vocab_rows)
+               + temporaries.gathered_gradient_bytes(gathered))
     return Plan(
         config=config, shape=shape, precision=prec, micro_batch=micro, **stages[config.parallel.zero_stage],
         batch_bytes=formulas.batch_bytes(config, shape), step_bytes=formulas.step_argument_bytes(config),
-        gathered_bytes=formulas.gathered_weight_bytes(params, rules, degrees, m, prec),
+        gathered_bytes=gathered, compute_copy_bytes=temporaries.compute_copy_bytes(params, rules, degrees, prec),
+        working_bytes=working,
         activation_bytes_per_layer=formulas.activation_bytes_per_layer(m, micro, shape.tensor, prec.activation_bytes),
+        kept_bytes_per_layer=temporaries.kept_bytes_per_layer(m, micro, shape.tensor, prec.activation_bytes),
         activation_bytes_outside_layers=formulas.activation_bytes_outside_layers(
             m, micro, shape.tensor, vocab_rows, prec.activation_bytes),
         comm=tuple(comm), stages=stages, pipeline=figures)
