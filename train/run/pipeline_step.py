@@ -53,6 +53,11 @@ def chunk_specs(spec_tree):
     return jax.tree.map(lambda s: P(None, STAGE_AXIS, None, *s[1:]), spec_tree, is_leaf=lambda x: isinstance(x, P))
 
 
+def _sum_over(x, axes: tuple):
+    """psum over the batch axes of size > 1 (none on a pure pipeline)."""
+    return jax.lax.psum(x, axes) if axes else x
+
+
 class PipelineSteps:
     """Train and eval steps of a `Training` whose mesh has a stage axis of size > 1."""
 
@@ -121,7 +126,7 @@ class PipelineSteps:
             grads = zero.reduce_over_replicas(zero.reduce_over_data(join_blocks(flat, d_shared), tr.rules))
             d_blocks, d_shared = split_blocks(grads)
             d_blocks = jax.tree.map(lambda g: g.reshape((v, 1, per_chunk) + g.shape[1:]), d_blocks)
-            return jax.lax.psum(loss, BATCH_AXES), d_blocks, d_shared
+            return _sum_over(loss, tr.batch_axes), d_blocks, d_shared
 
     def compile_train_step(self):
         """jit(params, opt_state, tokens (B, T+1), step) -> (params, opt_state, metrics); buffers donated."""
@@ -155,11 +160,11 @@ class PipelineSteps:
         def local_eval(blocks, shared, tokens):
             with spmd.active_layout(tr.layout()):
                 shards = 1
-                for axis in BATCH_AXES:
+                for axis in tr.batch_axes:
                     shards *= jax.lax.axis_size(axis)
                 global_tokens = tokens.shape[0] * shards * (tokens.shape[1] - 1)
                 loss, _, _ = self._run(blocks, shared, tokens, None, global_tokens)
-                return jax.lax.psum(loss, BATCH_AXES)
+                return _sum_over(loss, tr.batch_axes)
 
         fn = jax.shard_map(local_eval, mesh=tr.mesh, in_specs=(chunk_specs(p_blocks), p_shared, tr.batch_spec),
                            out_specs=P(), check_vma=True)
