@@ -15,6 +15,7 @@ import re
 
 from meshtron.configs.errors import ConfigError, UserError
 from meshtron.configs.loader import load_config
+from meshtron.tools import plan_topology
 
 _COUNT_SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
 _BYTE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
@@ -58,12 +59,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device-memory", default=None, metavar="BYTES",
                         help="memory of one device (e.g. 80GB, 16GiB): say whether the plan fits, and what to change")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    plan_topology.add_arguments(parser)
 
 
 def run(args) -> int:
     """Plan the config (or bare parameter count), print tables or one JSON object."""
     import jax
 
+    if args.topology:
+        report, lines = plan_topology.run(args)
+        return _print(report, lines, args.json)
+    if args.suggest or args.seq or args.batch:
+        raise UserError("--suggest, --seq and --batch plan for a TPU slice: add --topology NAME (e.g. v5p-128)")
     config = load_config(args.config or "tiny", args.overrides)
     n_devices = _device_count(args.devices) if args.devices else jax.device_count()
     memory = _positive(args.device_memory, "--device-memory", _BYTE_UNITS, "80GB") if args.device_memory else None
@@ -76,7 +83,11 @@ def run(args) -> int:
     else:
         report = _config_report(config, n_devices, args.precision, memory, args.compile)
         lines = _config_text(report)
-    if args.json:
+    return _print(report, lines, args.json)
+
+
+def _print(report: dict, lines: list[str], as_json: bool) -> int:
+    if as_json:
         from meshtron.tools.cli import json_out
 
         json_out(report)
@@ -129,6 +140,8 @@ def _plan_figures(plan) -> dict:
         "params_bytes": plan.params_bytes, "grads_bytes": plan.grads_bytes, "optimizer_bytes": plan.optimizer_bytes,
         "batch_bytes": plan.batch_bytes, "step_bytes": plan.step_bytes, "argument_bytes": plan.argument_bytes,
         "gathered_bytes": plan.gathered_bytes, "activation_bytes": plan.activation_bytes,
+        "compute_copy_bytes": plan.compute_copy_bytes, "working_bytes": plan.working_bytes,
+        "temporary_bytes": plan.temporary_bytes,
         "activation_bytes_per_layer": plan.activation_bytes_per_layer,
         "activation_bytes_outside_layers": plan.activation_bytes_outside_layers, "total_bytes": plan.total_bytes,
         "comm_elements": plan.comm_elements(), "comm_bytes": plan.comm_bytes(),
@@ -175,13 +188,15 @@ def _memory_lines(r: dict) -> list[str]:
         ("gradients", f["grads_bytes"], None, "transient: built in the backward pass, not a step argument"),
         ("gathered weights (ZeRO-3)", f["gathered_bytes"], None, "embedding/head for the step + one block"),
         ("activations per layer", f["activation_bytes_per_layer"], None, ""),
-        (f"activations ({r['n_layers']} layers + output)", f["activation_bytes"], c.get("temp_bytes"),
-         "compiled: temp size = activations + all temporaries; not comparable" if c else ""),
+        (f"activations ({r['n_layers']} layers + output)", f["activation_bytes"], None, ""),
+        ("parameters in compute dtype", f["compute_copy_bytes"], None, "cast once for all layers (XLA)"),
+        ("backward working set", f["working_bytes"], None, "one block, f32 scores, logits grad (+ZeRO-3 grads)"),
+        ("= temporaries", f["temporary_bytes"], c.get("temp_bytes"), "compiled: memory_analysis temp size" if c else ""),
         ("total", f["total_bytes"], None, ""),
     ]
     lines = [f"{'memory per device':<34}{'formula':>12}{'compiled' if c else '':>12}"]
     for label, value, compiled_value, note in rows:
-        if label.startswith("gathered") and not value:
+        if label.startswith(("gathered", "parameters in")) and not value:
             continue
         compiled_text = _bytes(compiled_value) if compiled_value is not None else ""
         lines.append(f"  {label:<32}{_bytes(value):>12}{compiled_text:>12}"
