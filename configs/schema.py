@@ -102,6 +102,8 @@ class ModelConfig:
     """Activation checkpointing per block: none | full (recompute all) | dots (save matmul outputs only)."""
     scan_layers: bool = key(True, shape=True)
     """Stack the blocks and run them with a scan, so compile time does not grow with depth."""
+    scan_unroll: int = key(0, check=NON_NEGATIVE)
+    """Layers per iteration of that scan: 0 = auto (on CPU without remat or ZeRO-3: all of them up to 8 layers, which XLA:CPU runs faster; else 1), or a count."""
     attention: str = key("auto", choices=("auto", "xla", "cudnn"))
     """Attention kernel for jax.nn.dot_product_attention: auto (cuDNN flash attention when usable) | xla | cudnn."""
     logits_chunk: int = key(0, check=NON_NEGATIVE)

@@ -14,7 +14,7 @@ from flax import nnx
 from meshtron.configs.schema import ModelConfig
 from meshtron.model import mup
 from meshtron.model.block import Block
-from meshtron.model.layers import Norm, compute_dtype, dropout, make_param, sinusoidal_positions
+from meshtron.model.layers import Norm, compute_dtype, dropout, make_param, scan_unroll, sinusoidal_positions
 from meshtron.parallel import spmd
 
 REMAT_POLICIES = {
@@ -94,7 +94,11 @@ class Transformer(nnx.Module):
             stacked = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new_caches)
             return x, stacked
 
-        @nnx.scan(in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0),
+        # auto unrolling is for plain steps only: under remat or ZeRO-3 the rolled loop is what bounds the
+        # memory (one block's gathered weights / activations at a time, re-gathered in the backward pass)
+        unroll = scan_unroll(cfg) if cfg.scan_unroll or (cfg.remat == "none" and not _zero3()) else 1
+
+        @nnx.scan(in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0), unroll=unroll,
                   transform_metadata={nnx.PARTITION_NAME: "layers"})
         def scan(x, block, layer_cache, key):
             return layer(x, block, layer_cache, key)

@@ -8,6 +8,7 @@ device every collective is a no-op and this is a plain train step.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 
@@ -23,7 +24,7 @@ from meshtron.model.layers import compute_dtype
 from meshtron.model.transformer import Transformer
 from meshtron.parallel import spmd, zero
 from meshtron.parallel.mesh import MeshShape
-from meshtron.parallel.rules import BATCH_AXES, Rules, rules_for
+from meshtron.parallel.rules import BATCH_AXES, ZERO_AXIS, Rules, rules_for
 from meshtron.train.run.optim import make_optimizer
 
 
@@ -46,9 +47,14 @@ class Training:
     vocab_rows: int
 
     @property
+    def batch_axes(self) -> tuple:
+        """The mesh axes of size > 1 the batch is split over (none on one device)."""
+        return tuple(a for a in BATCH_AXES if self.mesh.shape[a] > 1)
+
+    @property
     def batch_spec(self) -> P:
         """Token batches (B, T+1) are split over the batch axes."""
-        return P(BATCH_AXES, None)
+        return P(self.batch_axes or None, None)
 
     @property
     def batch_sharding(self) -> NamedSharding:
@@ -62,7 +68,7 @@ class Training:
 
     def layout(self) -> spmd.Layout:
         """What the model's collectives need to know while the step is traced."""
-        return spmd.Layout(params=self.rules.params, compute=self.rules.compute, data_axes=BATCH_AXES,
+        return spmd.Layout(params=self.rules.params, compute=self.rules.compute, data_axes=self.batch_axes,
                            gather_dtype=compute_dtype(self.config.model))
 
     # -- state ---------------------------------------------------------------------------
@@ -106,7 +112,7 @@ class Training:
         grad_fn = jax.value_and_grad(self._loss_fn())
         with spmd.active_layout(self.layout()):
             # gradients with respect to per-device copies stay per-device; zero.py reduces them
-            local = jax.tree.map(lambda p: zero.make_varying(p, BATCH_AXES), params)
+            local = jax.tree.map(lambda p: zero.make_varying(p, self.batch_axes), params)
             micro = tokens.reshape(accum, tokens.shape[0] // accum, tokens.shape[1])
             key = jax.random.fold_in(key, spmd.data_index())
 
@@ -130,10 +136,10 @@ class Training:
                     return (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)), None
 
                 (loss, grads), _ = jax.lax.scan(body, (loss0, zeros), jnp.arange(accum))
-            if rules.zero_stage < 2:
-                grads = zero.reduce_over_data(grads, rules)
+            if rules.zero_stage == 1 or (rules.zero_stage == 0 and self.mesh.shape[ZERO_AXIS] > 1):
+                grads = zero.reduce_over_data(grads, rules)  # (one device: nothing to sum)
             grads = zero.reduce_over_replicas(grads)
-            loss = jax.lax.psum(loss, BATCH_AXES)
+            loss = jax.lax.psum(loss, self.batch_axes)
             grad_norm = zero.global_norm(grads, rules.opt_state)
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             if t.grad_clip > 0:
@@ -169,8 +175,8 @@ class Training:
             with spmd.active_layout(self.layout()):
                 model = nnx.merge(graphdef, params)
                 losses = model.token_losses(tokens[:, :-1], tokens[:, 1:])
-                total = jax.lax.psum(jnp.sum(losses), BATCH_AXES)
-                count = jax.lax.psum(jnp.asarray(losses.size, jnp.float32), BATCH_AXES)
+                total = jax.lax.psum(jnp.sum(losses), self.batch_axes)
+                count = jax.lax.psum(jnp.asarray(losses.size, jnp.float32), self.batch_axes)
                 return total / count
 
         return jax.jit(jax.shard_map(local_eval, mesh=self.mesh, in_specs=(self.param_specs, self.batch_spec),
@@ -188,9 +194,20 @@ def _expand(spec_tree, tree):
                         is_leaf=lambda x: isinstance(x, P) or is_var(x))
 
 
+def live_rules(rules: Rules, mesh: jax.sharding.Mesh) -> Rules:
+    """The rule tables without Megatron's mesh axes of size 1: a split over one device is no split, and a
+    value never marked as varying over such an axis needs no collective over it, so a one-device or
+    pure data-parallel step carries no all-reduce over groups of one (each a copy and a sync on CPU).
+    ZeRO's data axis stays: its stages keep their structure at any degree."""
+    def live(table: dict) -> dict:
+        return {name: tuple(a for a in axes if a == ZERO_AXIS or mesh.shape[a] > 1) for name, axes in table.items()}
+    return dataclasses.replace(rules, params=live(rules.params), grads=live(rules.grads),
+                               opt_state=live(rules.opt_state), compute=live(rules.compute))
+
+
 def build_training(config: Config, mesh: jax.sharding.Mesh, shape: MeshShape) -> Training:
     """Abstract model, rule tables and optimizer for `config` on `mesh` (nothing allocated yet)."""
-    rules = rules_for(config.parallel.zero_stage)
+    rules = live_rules(rules_for(config.parallel.zero_stage), mesh)
     vocab_rows = config.model.padded_vocab(shape.tensor)
     abstract = nnx.eval_shape(lambda: Transformer(config.model, nnx.Rngs(params=0), vocab_rows))
     graphdef, abstract_params = nnx.split(abstract)
