@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from meshtron.configs.schema import ModelConfig
+from meshtron.model import mup
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -23,6 +24,21 @@ def compute_dtype(cfg: ModelConfig):
     if cfg.compute_dtype == "auto":
         return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
     return DTYPES[cfg.compute_dtype]
+
+
+CPU_UNROLL_UP_TO = 8  # layers: XLA:CPU runs an unrolled stack of up to this many faster; compile time stays flat
+
+
+def scan_unroll(cfg: ModelConfig) -> int:
+    """Layers per iteration of the layer scan. `auto` (0): the whole stack when it has at most CPU_UNROLL_UP_TO
+    layers on CPU (no loop, weight slices and gradient updates fused across layers, about 8% less work there);
+    one layer elsewhere (GPU/TPU keep the rolled loop: compile time independent of depth, same speed), and
+    under remat or ZeRO-3 (model/transformer.py), where the loop bounds the memory."""
+    if cfg.scan_unroll:
+        return min(cfg.scan_unroll, cfg.n_layers)
+    if jax.default_backend() == "cpu" and cfg.n_layers <= CPU_UNROLL_UP_TO:
+        return cfg.n_layers
+    return 1
 
 
 def attention_implementation(cfg: ModelConfig) -> str | None:
@@ -39,7 +55,7 @@ def initializer(cfg: ModelConfig, in_axis, out_axis, residual: bool = False):
     """Weight initialiser by config: gpt2 normal (residual outputs scaled by 1/sqrt(2L)), xavier or kaiming."""
     if cfg.init == "gpt2":
         std = cfg.init_std / math.sqrt(2 * cfg.n_layers) if residual else cfg.init_std
-        return jax.nn.initializers.normal(std)
+        return jax.nn.initializers.normal(std * mup.hidden_init_factor(cfg))  # muP: variance ~ 1/fan_in
     if cfg.init == "xavier":
         return jax.nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=in_axis, out_axis=out_axis)
     return jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal", in_axis=in_axis, out_axis=out_axis)

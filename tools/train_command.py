@@ -17,6 +17,9 @@ def add_arguments(parser) -> None:
                         help="where checkpoints, metrics and the tokenizer go; an existing run is resumed "
                              "(default runs/NAME-TIMESTAMP)")
     parser.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
+    parser.add_argument("--fit", default=None, metavar="FIT.json",
+                        help="your scaling fit (`meshtron scaling fit --out`): the start report plans with it "
+                             "(same as train.scaling_fit=FIT.json)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=200")
 
 
@@ -55,7 +58,8 @@ def run(args) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else None
     if run_dir is not None:
         check_run_dir(run_dir)
-    config, resuming = resolve_config(args.config, run_dir, args.overrides)
+    overrides = args.overrides + ([f"train.scaling_fit={args.fit}"] if args.fit else [])
+    config, resuming = resolve_config(args.config, run_dir, overrides)
     resolve_mesh_shape(config, jax.device_count())  # every config error before data, compilation or allocation
     check_source(config.data)
     check_memory(config, jax.device_count(), jax.local_devices())
