@@ -152,6 +152,15 @@ class ParallelConfig:
     """Megatron tensor-parallel degree (heads, MLP and vocabulary split across devices)."""
     zero_stage: int = key(0, check=Check(lambda v: v in (0, 1, 2, 3), "must be 0, 1, 2 or 3, got {value}"))
     """ZeRO stage over the data axis: 0 none, 1 optimizer state, 2 + gradients, 3 + parameters."""
+    pipeline: int = key(1, check=AT_LEAST_ONE)
+    """Pipeline stages P: the layers are split evenly over a `stage` mesh axis (must divide model.n_layers)."""
+    microbatches: int = key(1, check=AT_LEAST_ONE)
+    """Micro-batches M per step through the pipeline (pipeline > 1); must divide the per-replica batch."""
+    schedule: str = key("1f1b", choices=("gpipe", "1f1b", "interleaved"))
+    """Pipeline schedule: gpipe | 1f1b (at most P micro-batches' activations in flight; needs M >= P) |
+    interleaved (v virtual stages per device, bubble (P-1)/(vM+P-1))."""
+    virtual_stages: int = key(1, check=AT_LEAST_ONE)
+    """Model chunks per device for the interleaved schedule; must divide the layers per stage."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +202,9 @@ class TrainConfig:
     sample_prompt: str = "def "
     """Prompt of the text sample printed at the end of training ('' for none)."""
     sample_tokens: int = key(64, check=NON_NEGATIVE)
-    """Tokens generated for that sample (0 for none)."""
+    """Tokens generated for that sample (0 for none); more than half the context (model.seq_len) is clamped."""
+    skip_memory_check: bool = False
+    """Train even when the planner's per-device memory estimate exceeds the device's memory."""
     scaling_fit: str = key("")
     """A fit file from `meshtron scaling fit --out` to plan and predict this run with (default: Chinchilla's constants)."""
 

@@ -79,5 +79,7 @@ def test_strategies_time_every_layout_of_the_parallel_issue(meshtron_cli):
     assert code == 0  # the suite runs with 8 simulated devices
     rows = json.loads(out)["strategies"]
     assert [r["layout"] for r in rows] == ["1 device", "data=8, ZeRO-3", "data=4 x tensor=2, ZeRO-3",
-                                           "data=2 x tensor=4, ZeRO-3", "replica=2 x data=2 x tensor=2, ZeRO-3"]
+                                           "data=2 x tensor=4, ZeRO-3", "replica=2 x data=2 x tensor=2, ZeRO-3",
+                                           "pipeline=2 x data=4, 1f1b, ZeRO-3",
+                                           "pipeline=2 x data=2 x tensor=2, gpipe, ZeRO-3"]
     assert all(r["tokens_per_s"] > 0 for r in rows)

@@ -12,6 +12,10 @@ STRATEGIES = {  # the layouts of the parallel issue, on 8 devices
     "data=4 x tensor=2": dict(replica=1, data=4, tensor=2),
     "data=2 x tensor=4": dict(replica=1, data=2, tensor=4),
     "replica=2 x data=2 x tensor=2": dict(replica=2, data=2, tensor=2),
+    # pipeline layouts of the pipeline issue: two stages, as many micro-batches
+    "pipeline=2 x data=4, 1f1b": dict(pipeline=2, replica=1, data=4, tensor=1, microbatches=2, schedule="1f1b"),
+    "pipeline=2 x data=2 x tensor=2, gpipe": dict(pipeline=2, replica=1, data=2, tensor=2, microbatches=2,
+                                                  schedule="gpipe"),
 }
 
 

@@ -32,8 +32,8 @@ def _positive(text: str, flag: str, units: dict, example: str) -> float:
         value = float(match.group(1).replace("_", "").replace(",", "")) * scale
     except (AttributeError, TypeError, ValueError):
         raise UserError(f"{flag} {text!r}: not understood; write it like {example}") from None
-    if value <= 0:
-        raise UserError(f"{flag} {text}: must be positive")
+    if not 0 < value < float("inf"):
+        raise UserError(f"{flag} {text}: must be a positive, finite number")
     return value
 
 
@@ -124,6 +124,7 @@ def _config_report(config, n_devices: int, precision: str, memory: float | None,
             "comm_elements": compiled.comm_elements(), "comm_bytes": compiled.comm_bytes(),
             "comm_elements_by_kind": compiled.comm_elements_by_kind()},
         "rules": [list(row) for row in describe(plan.zero_stage)],
+        "pipeline": _pipeline_report(config, plan, compile_step),
     }
     report.update(_fit(plan.total_bytes, memory))
     if report["fits"] is False:
@@ -132,6 +133,34 @@ def _config_report(config, n_devices: int, precision: str, memory: float | None,
             "overrides": list(found.overrides), "description": found.description,
             "total_bytes": found.plan.total_bytes, "formula": _plan_figures(found.plan)}
     return report
+
+
+def _pipeline_report(config, plan, compile_step: bool) -> dict | None:
+    """Bubble and activations in flight of the schedule; compiled, the temporaries of GPipe and 1F1B side by side."""
+    if plan.pipeline is None:
+        return None
+    report = dataclasses.asdict(plan.pipeline)
+    if compile_step:
+        from meshtron.train.planner.compiled import compile_step as compile_figures
+
+        report["compiled_temp_bytes"] = {}
+        for schedule in ("gpipe", "1f1b"):
+            variant = dataclasses.replace(config, parallel=dataclasses.replace(config.parallel, schedule=schedule))
+            report["compiled_temp_bytes"][schedule] = compile_figures(variant, plan.shape).temp_bytes
+    return report
+
+
+def _pipeline_text(r: dict) -> list[str]:
+    p = r.get("pipeline")
+    if not p:
+        return []
+    lines = [f"pipeline: {p['stages']} stages, {p['microbatches']} micro-batches, schedule {p['schedule']}"
+             + (f" with {p['virtual_stages']} virtual stages" if p["virtual_stages"] > 1 else "")
+             + f": {p['ticks']} ticks, bubble {p['bubble_fraction']:.1%} (formula {p['bubble_formula']:.1%}), "
+             f"activations of {p['in_flight']} micro-batch(es) in flight per stage"]
+    for schedule, temp in (p.get("compiled_temp_bytes") or {}).items():
+        lines.append(f"  compiled temporaries with {schedule:<6}{_bytes(temp):>12}")
+    return lines + [""]
 
 
 def _plan_figures(plan) -> dict:
@@ -161,7 +190,7 @@ def _config_text(r: dict) -> list[str]:
              + f", ZeRO stage {r['zero_stage']}, remat {r['remat']}",
              f"micro-batch: {r['micro_batch']} sequences x {r['seq_len']} tokens per device, grad_accum "
              f"{r['grad_accum']}; precision {r['precision']} ({b}-byte activations)", ""]
-    lines += _memory_lines(r) + [""] + _comm_lines(r) + [""]
+    lines += _pipeline_text(r) + _memory_lines(r) + [""] + _comm_lines(r) + [""]
     lines += [f"ZeRO stages on this mesh (model state per device; {r['precision']} precision):",
               f"  {'stage':<7}{'params':>12}{'grads':>12}{'optimizer':>12}{'total':>12}"]
     for stage, s in r["stages"].items():

@@ -51,7 +51,7 @@ def run(args) -> tuple[dict, list[str]]:
 def _check_layout(config, topology) -> None:
     """One line, before anything is compiled, when the config's degrees cannot span the slice."""
     p = config.parallel
-    fixed = p.replica * p.tensor * (p.data if p.data != -1 else 1)
+    fixed = p.pipeline * p.replica * p.tensor * (p.data if p.data != -1 else 1)
     if (p.data != -1 and fixed != topology.chips) or topology.chips % fixed:
         more = "more" if fixed > topology.chips else "other"
         raise UserError(f"the layout replica x data x tensor = {p.replica} x {p.data} x {p.tensor} needs {more} chips "
@@ -121,7 +121,8 @@ def _topology_text(r: dict) -> list[str]:
                   f"  model state (params + optimizer)  formula {_bytes(state)}, compiled {_bytes(c['state_bytes'])}: "
                   f"{same}{padding}",
                   f"  temporaries                       formula {_bytes(non_argument)}, compiled {_bytes(c['temp_bytes'])} "
-                  f"({_ratio(non_argument, c['temp_bytes'])})",
+                  f"({_ratio(non_argument, c['temp_bytes'])})" + (
+                      "; a small step's temporaries fit the chip's on-chip memory, not HBM" if not c["temp_bytes"] else ""),
                   f"  HBM: arguments {_bytes(c['argument_bytes'])} + temporaries {_bytes(c['temp_bytes'])} + code "
                   f"{_bytes(c['generated_code_bytes'])} = {c['total_bytes'] / GIB:.2f} GiB of "
                   f"{t['hbm_bytes'] / GIB:.0f} GiB: " + ("fits" if c["fits"] else "does NOT fit"),

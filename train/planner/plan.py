@@ -22,6 +22,7 @@ from meshtron.train.planner import formulas, temporaries
 from meshtron.parallel.mesh import MeshShape, resolve_mesh_shape
 from meshtron.train.planner.formulas import CommTerm, Precision
 from meshtron.parallel.rules import rules_for
+from meshtron.train.planner.pipeline import PipelineFigures, pipeline_figures, stage_axis_terms
 
 STAGES = (0, 1, 2, 3)
 REMAT_ORDER = ("none", "dots", "full")  # less memory, more recomputation, left to right
@@ -48,6 +49,7 @@ class Plan:
     activation_bytes_outside_layers: int
     comm: tuple[CommTerm, ...]
     stages: dict  # ZeRO stage -> {params_bytes, grads_bytes, optimizer_bytes} on this mesh
+    pipeline: PipelineFigures | None = None  # with pipeline stages: bubble, activations in flight
 
     @property
     def zero_stage(self) -> int:
@@ -56,9 +58,11 @@ class Plan:
 
     @property
     def activation_bytes(self) -> int:
-        """All layers' saved activations plus the output layer's, for one micro-batch."""
+        """All layers' saved activations plus the output layer's, for one micro-batch; with pipeline stages,
+        this stage's layers for every micro-batch it keeps in flight."""
         per_layer = self.activation_bytes_per_layer + self.kept_bytes_per_layer
-        return self.config.model.n_layers * per_layer + self.activation_bytes_outside_layers
+        layers = self.config.model.n_layers * (self.pipeline.layers_in_flight_per_layer if self.pipeline else 1)
+        return round(layers * per_layer) + self.activation_bytes_outside_layers
 
     @property
     def argument_bytes(self) -> int:
@@ -101,8 +105,10 @@ def _by_axis(terms, value) -> dict[str, float]:
 
 
 def micro_batch_size(config: Config, shape: MeshShape) -> int:
-    """Sequences one device runs per micro-batch: batch_size / (replica x data) / grad_accum."""
-    return config.train.batch_size // shape.batch_shards // config.train.grad_accum
+    """Sequences one device runs per micro-batch: batch_size / (replica x data) / grad_accum (or / the
+    pipeline's micro-batches)."""
+    micro = config.parallel.microbatches if shape.stage > 1 else 1
+    return config.train.batch_size // shape.batch_shards // config.train.grad_accum // micro
 
 
 def make_plan(config: Config, n_devices: int, precision: str = "config") -> Plan:
@@ -112,12 +118,16 @@ def make_plan(config: Config, n_devices: int, precision: str = "config") -> Plan
     vocab_rows = m.padded_vocab(shape.tensor)
     params, opt_state = formulas.state_tensors(m, t, vocab_rows)
     prec = formulas.precision_for(precision, m)
-    rules, degrees = rules_for(config.parallel.zero_stage), shape.as_dict()
+    staged = shape.stage > 1
+    rules, degrees = rules_for(config.parallel.zero_stage, staged), shape.as_dict()
     micro = micro_batch_size(config, shape)
-    stages = {s: formulas.model_state_bytes(params, opt_state, rules_for(s), degrees, prec) for s in STAGES}
+    stages = {s: formulas.model_state_bytes(params, opt_state, rules_for(s, staged), degrees, prec) for s in STAGES}
+    figures = pipeline_figures(config)
+    share_model, passes = _stage_share(m, t.grad_accum, figures)
     comm = (formulas.data_axis_terms(params, config, shape, prec)
             + formulas.replica_axis_terms(params, config, shape, rules, prec)
-            + formulas.tensor_axis_terms(m, micro, t.grad_accum, shape.tensor, prec.activation_bytes))
+            + formulas.tensor_axis_terms(share_model, micro, passes, shape.tensor, prec.activation_bytes)
+            + stage_axis_terms(params, config, shape, rules, micro, prec.activation_bytes, figures))
     gathered = formulas.gathered_weight_bytes(params, rules, degrees, m, prec)
     working = (temporaries.block_working_bytes(m, micro, shape.tensor, prec.activation_bytes)
                + temporaries.logits_gradient_bytes(m, micro, shape.tensor, vocab_rows)
@@ -131,7 +141,15 @@ def make_plan(config: Config, n_devices: int, precision: str = "config") -> Plan
         kept_bytes_per_layer=temporaries.kept_bytes_per_layer(m, micro, shape.tensor, prec.activation_bytes),
         activation_bytes_outside_layers=formulas.activation_bytes_outside_layers(
             m, micro, shape.tensor, vocab_rows, prec.activation_bytes),
-        comm=tuple(comm), stages=stages)
+        comm=tuple(comm), stages=stages, pipeline=figures)
+
+
+def _stage_share(model, grad_accum: int, figures: PipelineFigures | None):
+    """(model, micro-batch passes) as one device sees them: with pipeline stages, its L/P layers for M
+    micro-batches (a bound: the embedding and output layer run on the first and last stage only)."""
+    if figures is None:
+        return model, grad_accum
+    return dataclasses.replace(model, n_layers=model.n_layers // figures.stages), figures.microbatches
 
 
 def params_total(config: Config) -> int:

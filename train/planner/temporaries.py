@@ -15,8 +15,9 @@ gpt3-175b on v5e/v5p slices, BENCHMARKS.md) and kept here as formulas:
 - what a block saves for its backward pass beyond Korthikanti et al.'s count, because Meshtron
   computes softmax and normalisation in float32: without remat the float32 softmax output beside
   its compute-dtype copy, the norms' float32 values (4 x s·b·h) and SwiGLU's intermediate
-  products (as many again as its three matmul-side values); under remat dots the attention
-  logits, a matmul output, in float32.
+  products (as many again as its three matmul-side values). Under remat dots nothing more: the
+  policy (dots_with_no_batch_dims_saveable) saves q, k, v and the MLP's matmul outputs, not the
+  attention logits (their einsum has a batch dimension, the heads).
 """
 
 from __future__ import annotations
@@ -49,10 +50,8 @@ def kept_bytes_per_layer(model: ModelConfig, micro_batch: int, tensor: int, acti
     remat = remat or model.remat
     s, b = model.seq_len, micro_batch
     scores = (model.n_heads // tensor) * s * s * b
-    if remat == "full":
+    if remat != "none":
         return 0
-    if remat == "dots":
-        return SCORE_BYTES * scores
     mlp_values = 3 if model.mlp == "swiglu" else 2
     return (SCORE_BYTES * scores + activation_bytes * mlp_values * s * b * model.ff_dim // tensor
             + 4 * SCORE_BYTES * s * b * model.d_model)

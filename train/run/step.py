@@ -26,6 +26,7 @@ from meshtron.parallel import spmd, zero
 from meshtron.parallel.mesh import MeshShape
 from meshtron.parallel.rules import BATCH_AXES, ZERO_AXIS, Rules, rules_for
 from meshtron.train.run.optim import make_optimizer
+from meshtron.train.run.pipeline_step import PipelineSteps
 
 
 def _named(mesh, spec_tree):
@@ -45,6 +46,7 @@ class Training:
     param_specs: object
     opt_specs: object
     vocab_rows: int
+    grad_specs: object = None  # summed gradients, split like the optimizer state (ZeRO from stage 1)
 
     @property
     def batch_axes(self) -> tuple:
@@ -139,7 +141,13 @@ class Training:
             if rules.zero_stage == 1 or (rules.zero_stage == 0 and self.mesh.shape[ZERO_AXIS] > 1):
                 grads = zero.reduce_over_data(grads, rules)  # (one device: nothing to sum)
             grads = zero.reduce_over_replicas(grads)
-            loss = jax.lax.psum(loss, self.batch_axes)
+            return self.apply_update(params, opt_state, grads, jax.lax.psum(loss, self.batch_axes))
+
+    def apply_update(self, params, opt_state, grads, loss):
+        """Inside the sharded step, from gradients already summed over data and replicas (laid out by
+        `grad_specs`): norm, clipping, the optimizer update on this device's shard, NaN/Inf skipping."""
+        rules, t = self.rules, self.config.train
+        with spmd.active_layout(self.layout()):
             grad_norm = zero.global_norm(grads, rules.opt_state)
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             if t.grad_clip > 0:
@@ -155,6 +163,8 @@ class Training:
 
     def compile_train_step(self):
         """jit(params, opt_state, tokens (B, T+1), step) -> (params, opt_state, metrics); buffers donated."""
+        if self.shape.stage > 1:
+            return PipelineSteps(self).compile_train_step()
         seed = self.config.train.seed
         step_fn = jax.shard_map(
             self._local_step, mesh=self.mesh,
@@ -169,6 +179,8 @@ class Training:
 
     def compile_eval_step(self):
         """jit(params, tokens (B, T+1)) -> mean next-token loss over the batch."""
+        if self.shape.stage > 1:
+            return PipelineSteps(self).compile_eval_step()
         graphdef = self.graphdef
 
         def local_eval(params, tokens):
@@ -207,7 +219,7 @@ def live_rules(rules: Rules, mesh: jax.sharding.Mesh) -> Rules:
 
 def build_training(config: Config, mesh: jax.sharding.Mesh, shape: MeshShape) -> Training:
     """Abstract model, rule tables and optimizer for `config` on `mesh` (nothing allocated yet)."""
-    rules = live_rules(rules_for(config.parallel.zero_stage), mesh)
+    rules = live_rules(rules_for(config.parallel.zero_stage, pipeline=shape.stage > 1), mesh)
     vocab_rows = config.model.padded_vocab(shape.tensor)
     abstract = nnx.eval_shape(lambda: Transformer(config.model, nnx.Rngs(params=0), vocab_rows))
     graphdef, abstract_params = nnx.split(abstract)
@@ -215,4 +227,5 @@ def build_training(config: Config, mesh: jax.sharding.Mesh, shape: MeshShape) ->
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     return Training(config=config, mesh=mesh, shape=shape, rules=rules, graphdef=graphdef, tx=tx,
                     param_specs=zero.specs(abstract_params, rules.params),
-                    opt_specs=zero.specs(abstract_opt, rules.opt_state), vocab_rows=vocab_rows)
+                    opt_specs=zero.specs(abstract_opt, rules.opt_state), vocab_rows=vocab_rows,
+                    grad_specs=zero.specs(abstract_params, rules.opt_state))
