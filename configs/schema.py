@@ -24,9 +24,11 @@ FAMILY_DEFAULTS = {
 
 CHOICES = {
     "model.family": tuple(FAMILY_DEFAULTS),
-    "model.position": ("learned", "rope", "sinusoidal"),
+    "model.position": ("learned", "rope", "sinusoidal", "relative"),
+    "model.arch": ("decoder", "encoder", "encoder_decoder"),
+    "train.objective": ("causal", "mlm", "span_corruption", "prefix_lm"),
     "model.norm": ("layernorm", "rmsnorm"),
-    "model.mlp": ("gelu", "swiglu"),
+    "model.mlp": ("gelu", "swiglu", "gelu_exact", "relu", "geglu"),
     "model.init": ("gpt2", "xavier", "kaiming"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.compute_dtype": ("auto", "float32", "bfloat16"),
@@ -57,13 +59,14 @@ class ModelConfig:
     seq_len: int = 128
     """Context length in tokens (training window and the longest generation)."""
     position: str | None = None
-    """Positions: learned | rope | sinusoidal (family default)."""
+    """Positions: learned | rope | sinusoidal | relative (T5's bucketed bias; encoder, encoder_decoder) (family default)."""
     norm: str | None = None
     """Normalisation: layernorm | rmsnorm (family default)."""
     norm_eps: float = 1e-5
     """Epsilon of the normalisation layers."""
     mlp: str | None = None
-    """MLP: gelu (tanh approximation, GPT-2) | swiglu (LLaMA, PaLM) (family default)."""
+    """MLP: gelu (tanh approximation, GPT-2) | swiglu (LLaMA, PaLM) | gelu_exact (BERT) | relu (T5, Transformer) |
+    geglu (T5 v1.1) (family default)."""
     bias: bool | None = None
     """Biases in linear layers and LayerNorm (family default)."""
     tie_embeddings: bool | None = None
@@ -92,6 +95,22 @@ class ModelConfig:
     """Compute the output layer and loss over this many positions at a time (0: all at once)."""
     vocab_multiple: int = 128
     """Pad the embedding rows to a multiple of this times the tensor degree (Megatron style)."""
+    arch: str = "decoder"
+    """Architecture: decoder (GPT, LLaMA) | encoder (BERT: bidirectional, MLM head) | encoder_decoder (T5, Transformer)."""
+    n_decoder_layers: int | None = None
+    """Decoder blocks of an encoder_decoder; default n_layers (n_layers counts the encoder's)."""
+    post_norm: bool = False
+    """Normalise after each residual add (BERT, the original Transformer) instead of before (encoder archs)."""
+    embed_norm: bool = False
+    """Normalise the embeddings before the first block (BERT) (encoder archs)."""
+    type_vocab_size: int = 0
+    """Token-type (segment) embeddings of an encoder (BERT: 2); 0 for none."""
+    max_positions: int | None = None
+    """Rows of a learned position table of an encoder (BERT: 512); default seq_len."""
+    relative_buckets: int = 32
+    """Buckets of T5's relative position bias (model.position=relative)."""
+    relative_max_distance: int = 128
+    """Distance from which T5's relative position buckets stop growing (model.position=relative)."""
 
     @property
     def kv_heads(self) -> int:
@@ -158,6 +177,8 @@ class TrainConfig:
     """Clip gradients to this global L2 norm (0 disables)."""
     seed: int = 0
     """Seed of parameter initialisation, data order and dropout."""
+    objective: str = "causal"
+    """Objective: causal | prefix_lm (decoder) | mlm (encoder) | span_corruption (encoder_decoder)."""
     max_bad_steps: int = 5
     """Stop after this many consecutive steps with a NaN/Inf loss or gradient (each one is skipped)."""
     log_every: int = 10

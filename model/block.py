@@ -6,20 +6,21 @@ import jax
 from flax import nnx
 
 from meshtron.configs.schema import ModelConfig
+from meshtron.model.activations import ACTIVATIONS, GATED
 from meshtron.model.attention import Attention
 from meshtron.model.layers import Norm, dropout, initializer, make_param, zeros_param
 from meshtron.parallel import spmd
 
 
 class MLP(nnx.Module):
-    """GELU (tanh approximation, as GPT-2) or SwiGLU feed-forward: E -> F -> E."""
+    """Feed-forward E -> F -> E with the activation of `model.mlp`, gated (SwiGLU, GEGLU) or plain."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         E, F = cfg.d_model, cfg.ff_dim
         self.kind = cfg.mlp
         in_init = initializer(cfg, in_axis=0, out_axis=1)
         self.up = make_param(rngs, in_init, (E, F), ("embed", "mlp"), cfg)
-        self.gate = make_param(rngs, in_init, (E, F), ("embed", "mlp"), cfg) if cfg.mlp == "swiglu" else None
+        self.gate = make_param(rngs, in_init, (E, F), ("embed", "mlp"), cfg) if cfg.mlp in GATED else None
         self.down = make_param(rngs, initializer(cfg, 0, 1, residual=True), (F, E), ("mlp", "embed"), cfg)
         self.up_bias = zeros_param((F,), ("mlp",), cfg) if cfg.bias else None
         self.down_bias = zeros_param((E,), ("embed",), cfg) if cfg.bias else None
@@ -30,10 +31,8 @@ class MLP(nnx.Module):
         h = x @ self.up[...].astype(x.dtype)  # (B, T, F)
         if self.up_bias is not None:
             h = h + self.up_bias[...].astype(x.dtype)
-        if self.kind == "swiglu":
-            h = jax.nn.silu(x @ self.gate[...].astype(x.dtype)) * h
-        else:
-            h = jax.nn.gelu(h, approximate=True)
+        act = ACTIVATIONS[self.kind]
+        h = act(x @ self.gate[...].astype(x.dtype)) * h if self.gate is not None else act(h)
         y = h @ self.down[...].astype(x.dtype)  # partial sum over local hidden units
         if reduce:
             y = spmd.sum_over(y, "mlp") + self.output_bias(y.dtype)
