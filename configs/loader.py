@@ -15,15 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from meshtron.configs.errors import ConfigError, UserError  # noqa: F401  (UserError: re-exported)
 from meshtron.configs.schema import CHOICES, FAMILY_DEFAULTS, SECTION_CLASSES, Config
-
-
-class UserError(ValueError):
-    """A problem the user can fix (bad input, missing file); the CLI prints it as one line, exit 2."""
-
-
-class ConfigError(UserError):
-    """A config problem a user can fix; its message is one line naming the key."""
 
 
 def preset_names() -> list[str]:

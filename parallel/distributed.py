@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 
 # A peer that stops sending heartbeats for this long is declared dead and the job stops with
 # an error, instead of hanging in a collective that can never complete.

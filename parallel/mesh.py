@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
-from meshtron.configs.loader import ConfigError
+from meshtron.configs.errors import ConfigError
 from meshtron.configs.schema import Config
 from meshtron.parallel.rules import MESH_AXES
 

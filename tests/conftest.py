@@ -43,7 +43,7 @@ def text_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sp_model(text_corpus, tmp_path_factory) -> Path:
     """A 512-piece SentencePiece model trained by Meshtron on the test corpus (~200 KB of Python source)."""
-    from meshtron.train.tokenizer import train_tokenizer
+    from meshtron.train.data.tokenizer import train_tokenizer
 
     texts = (p.read_text(encoding="utf-8") for p in sorted(text_corpus.glob("*.py")))
     return train_tokenizer(texts, 512, tmp_path_factory.mktemp("sp") / "tokenizer.model", max_chars=200_000).path

@@ -87,7 +87,7 @@ BROKEN_YAML = {  # name: (file content, what the one-line error must contain)
 
 
 def run_case(meshtron_cli, monkeypatch, argv):
-    import meshtron.train.loop as loop
+    import meshtron.train.run.loop as loop
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("training started although the config is invalid")

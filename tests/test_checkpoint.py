@@ -8,7 +8,7 @@ import time
 import pytest
 
 from meshtron.configs import UserError, load_config
-from meshtron.train.loop import train
+from meshtron.train.run.loop import train
 
 from conftest import TINY, console_script
 
@@ -49,7 +49,7 @@ def test_resume_continues_the_same_loss_sequence(reference, tmp_path, text_corpu
 
 
 def test_checkpoint_holds_everything_to_continue(tmp_path, text_corpus):
-    from meshtron.train.checkpoint import Checkpointer, tokenizer_from_meta
+    from meshtron.train.run.checkpoint import Checkpointer, tokenizer_from_meta
 
     train(load_config("tiny", overrides(text_corpus)), tmp_path / "run", log=quiet, stop_after=3)
     ckpt = Checkpointer(tmp_path / "run")
@@ -89,7 +89,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(reference, tmp_p
 
 
 def test_a_second_live_run_on_the_same_directory_is_refused(tmp_path, text_corpus):
-    from meshtron.train.loop import run_lock
+    from meshtron.train.run.loop import run_lock
 
     with run_lock(tmp_path / "run"):
         with pytest.raises(UserError, match="in use by a live run"):

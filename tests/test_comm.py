@@ -1,4 +1,4 @@
-"""The planner's communication formulas against the compiled step's collectives (parallel/hlo.py).
+"""The planner's communication formulas against the compiled step's collectives (train/planner/hlo.py).
 
 Only the scalar reductions (loss, gradient norm, finite flag) are allowed as slack: under 100
 elements, on all-reduces or on collectives spanning several axes ('replica+data', 'data+tensor').
@@ -9,8 +9,8 @@ import re
 import pytest
 
 from meshtron.model.counting import count_params
-from meshtron.parallel.plan import make_plan
-from meshtron.parallel.plan_compiled import compile_step
+from meshtron.train.planner.plan import make_plan
+from meshtron.train.planner.compiled import compile_step
 
 from test_plan import LAYOUTS, tiny_config
 

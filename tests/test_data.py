@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from meshtron.configs import ConfigError, load_config
-from meshtron.train.data import prepare_data
+from meshtron.train.data.prepare import prepare_data
 
 from conftest import TINY
 

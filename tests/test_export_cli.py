@@ -16,12 +16,12 @@ from conftest import TINY, console_script
 from meshtron.configs import load_config
 from meshtron.configs.loader import config_to_dict
 from meshtron.parallel.mesh import mesh_for
-from meshtron.train.checkpoint import Checkpointer
+from meshtron.train.run.checkpoint import Checkpointer
 from meshtron.train.generate import generate, load_run
-from meshtron.train.hf_export import flatten_params
-from meshtron.train.loop import train
-from meshtron.train.run_io import load_run_params, read_run_config
-from meshtron.train.step import build_training
+from meshtron.train.hf.export import flatten_params
+from meshtron.train.run.loop import train
+from meshtron.train.run.weights import load_run_params, read_run_config
+from meshtron.train.run.step import build_training
 from meshtron.tools.cli import main
 
 torch = pytest.importorskip("torch")

@@ -17,9 +17,9 @@ import pytest
 
 from meshtron.configs import UserError, load_config
 from meshtron.parallel.mesh import mesh_for
-from meshtron.train.checkpoint import Checkpointer
-from meshtron.train.loop import TrainingStopped, train
-from meshtron.train.step import build_training
+from meshtron.train.run.checkpoint import Checkpointer
+from meshtron.train.run.loop import TrainingStopped, train
+from meshtron.train.run.step import build_training
 
 from conftest import TINY, console_script
 
@@ -59,7 +59,7 @@ def test_a_nan_step_leaves_parameters_and_optimizer_state_unchanged():
 
 def poisoned_batches(monkeypatch, from_step: int):
     """From `from_step` on, every batch holds a token id outside the vocabulary (a NaN embedding)."""
-    from meshtron.train.data import Dataset
+    from meshtron.train.data.prepare import Dataset
 
     original = Dataset.train_batches
 
@@ -100,7 +100,7 @@ def test_consecutive_bad_steps_stop_the_run_and_save_the_last_good_state(monkeyp
 
 
 def test_an_isolated_bad_step_is_skipped_and_counted(monkeypatch, tmp_path, text_corpus):
-    from meshtron.train.data import Dataset
+    from meshtron.train.data.prepare import Dataset
 
     original = Dataset.train_batches
 

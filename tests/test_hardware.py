@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from meshtron.train.hardware import device_peak, measure_matmul_peak, table_peak
+from meshtron.train.planner.hardware import device_peak, measure_matmul_peak, table_peak
 
 
 @pytest.mark.parametrize("kind, flops", [

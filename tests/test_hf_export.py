@@ -7,10 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 from meshtron.configs.schema import ModelConfig
-from meshtron.train import hf_export, hf_tokenizer
-from meshtron.train.hf_export import export_hf, export_safetensors
+from meshtron.train.hf import export as hf_export
+from meshtron.train.hf import tokenizer as hf_tokenizer
+from meshtron.train.hf.export import export_hf, export_safetensors
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

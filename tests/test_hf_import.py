@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from meshtron.configs.loader import UserError
-from meshtron.train.hf_export import export_hf, flatten_params
-from meshtron.train.hf_import import import_hf
+from meshtron.configs.errors import UserError
+from meshtron.train.hf.export import export_hf, flatten_params
+from meshtron.train.hf.importer import import_hf
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from meshtron.configs.loader import UserError
-from meshtron.train.hf_tokenizer import bpe_merges, build_hf_tokenizer, write_hf_tokenizer
-from meshtron.train.tokenizer import Tokenizer
+from meshtron.configs.errors import UserError
+from meshtron.train.hf.tokenizer import bpe_merges, build_hf_tokenizer, write_hf_tokenizer
+from meshtron.train.data.tokenizer import Tokenizer
 
 pytest.importorskip("tokenizers")
 

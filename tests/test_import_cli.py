@@ -14,9 +14,9 @@ import pytest
 
 from conftest import console_script
 from meshtron.configs import load_config
-from meshtron.train.hf_tokenizer import write_hf_tokenizer
-from meshtron.train.run_io import load_run_params, read_run_config
-from meshtron.train.tokenizer import Tokenizer
+from meshtron.train.hf.tokenizer import write_hf_tokenizer
+from meshtron.train.run.weights import load_run_params, read_run_config
+from meshtron.train.data.tokenizer import Tokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -6,7 +6,7 @@ import pytest
 
 from meshtron.configs import ConfigError, load_config
 from meshtron.parallel.mesh import mesh_for, resolve_mesh_shape
-from meshtron.train.step import build_training
+from meshtron.train.run.step import build_training
 
 from conftest import TINY
 

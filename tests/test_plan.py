@@ -7,9 +7,9 @@ import pytest
 
 from meshtron.configs import load_config
 from meshtron.model.counting import count_params
-from meshtron.parallel.plan import make_plan
-from meshtron.parallel.plan_compiled import compile_step
-from meshtron.parallel.plan_formulas import activation_bytes_per_layer
+from meshtron.train.planner.plan import make_plan
+from meshtron.train.planner.compiled import compile_step
+from meshtron.train.planner.formulas import activation_bytes_per_layer
 
 from conftest import TINY
 

@@ -9,7 +9,7 @@ import yaml
 from scipy.optimize import approx_fprime
 
 from meshtron.configs import config_to_dict, load_config
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 from meshtron.model.counting import count_params
 from meshtron.train.scaling.fit import (fit_approach2, fit_approach3, group_budgets, huber_objective, load_runs,
                                         make_runs)

@@ -8,7 +8,7 @@ import pytest
 from scipy.optimize import minimize_scalar
 
 from meshtron.configs import load_config
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 from meshtron.model.counting import count_params, flops_per_token, model_flops_per_token
 from meshtron.train.scaling import report
 from meshtron.train.scaling.laws import (PF_DAY, Law, cluster_compute, get_law, kaplan_loss_params,

@@ -7,7 +7,7 @@ import pytest
 
 from meshtron.configs import load_config
 from meshtron.parallel.mesh import mesh_for
-from meshtron.train.step import build_training
+from meshtron.train.run.step import build_training
 
 from conftest import TINY
 
@@ -54,7 +54,7 @@ def test_the_step_donates_parameter_and_optimizer_buffers():
 
 
 def test_prefetch_depth_does_not_change_the_batches(text_corpus):
-    from meshtron.train.data import prepare_data
+    from meshtron.train.data.prepare import prepare_data
 
     ds = prepare_data(load_config("tiny", TINY + [f"data.source={text_corpus}"]), log=lambda *a: None)
     a = ds.train_batches(8, seed=0, prefetch=0)

@@ -3,7 +3,7 @@
 import pytest
 
 from meshtron.configs import UserError
-from meshtron.train.tokenizer import EOS_ID, Tokenizer, train_tokenizer
+from meshtron.train.data.tokenizer import EOS_ID, Tokenizer, train_tokenizer
 
 SAMPLES = [
     "def f(x):\n\tif x:\n\t\treturn  x  \n\n\n    pass\n",

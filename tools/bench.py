@@ -20,8 +20,8 @@ from meshtron.configs.schema import Config
 from meshtron.model.counting import model_flops_per_token
 from meshtron.model.layers import compute_dtype
 from meshtron.parallel.mesh import mesh_for
-from meshtron.train.hardware import measure_matmul_peak, peak_devices, table_peak
-from meshtron.train.step import Training, build_training
+from meshtron.train.planner.hardware import measure_matmul_peak, peak_devices, table_peak
+from meshtron.train.run.step import Training, build_training
 
 
 def _tokens(config: Config, seed: int = 0) -> np.ndarray:

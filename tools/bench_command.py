@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from meshtron.configs.loader import UserError, load_config
+from meshtron.configs.errors import UserError
+from meshtron.configs.loader import load_config
 
 STRATEGIES = {  # the layouts of the parallel issue, on 8 devices
     "data=8": dict(replica=1, data=8, tensor=1),

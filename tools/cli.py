@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 
 COMMANDS = {
     "train": ("meshtron.tools.train_command", "train a model (default: the tiny preset on the Python stdlib)"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -48,9 +48,9 @@ def weights_summary(out_dir: Path) -> dict:
 
 def run(args) -> int:
     """Restore the run's params on one device and write them in the chosen format."""
-    from meshtron.train.hf_export import check_exportable, export_hf, export_safetensors
-    from meshtron.train.run_io import load_run_params, read_run_config
-    from meshtron.train.tokenizer import Tokenizer
+    from meshtron.train.hf.export import check_exportable, export_hf, export_safetensors
+    from meshtron.train.run.weights import load_run_params, read_run_config
+    from meshtron.train.data.tokenizer import Tokenizer
 
     run_dir, out = Path(args.run_dir), Path(args.out)
     max_shard_bytes = parse_size(args.max_shard_size)

@@ -17,10 +17,10 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """Read the model and tokenizer (as data only), then write config.yaml, the tokenizer and a step-0 checkpoint."""
-    from meshtron.configs.loader import UserError
+    from meshtron.configs.errors import UserError
     from meshtron.model.counting import count_params
-    from meshtron.train.hf_import import import_hf, import_tokenizer
-    from meshtron.train.run_io import check_new_run_dir, imported_config, write_run
+    from meshtron.train.hf.importer import import_hf, import_tokenizer
+    from meshtron.train.run.weights import check_new_run_dir, imported_config, write_run
 
     hf_dir, run_dir = Path(args.hf_dir), Path(args.run_dir)
     check_new_run_dir(run_dir)

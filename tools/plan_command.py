@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from meshtron.configs.loader import ConfigError, UserError, load_config
+from meshtron.configs.errors import ConfigError, UserError
+from meshtron.configs.loader import load_config
 
 _COUNT_SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
 _BYTE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
@@ -86,7 +87,7 @@ def run(args) -> int:
 
 # -- a config --------------------------------------------------------------------------------------------
 def _config_report(config, n_devices: int, precision: str, memory: float | None, compile_step: bool) -> dict:
-    from meshtron.parallel.plan import make_plan, params_total, suggest
+    from meshtron.train.planner.plan import make_plan, params_total, suggest
     from meshtron.parallel.rules import describe
 
     try:
@@ -95,7 +96,7 @@ def _config_report(config, n_devices: int, precision: str, memory: float | None,
         raise ConfigError(f"{e}; or plan for another device count with --devices N") from None
     compiled = None
     if compile_step:
-        from meshtron.parallel.plan_compiled import compile_step as compile_figures
+        from meshtron.train.planner.compiled import compile_step as compile_figures
 
         compiled = compile_figures(config, plan.shape)
     m = config.model
@@ -233,7 +234,7 @@ def _fit_text(r: dict, total: float) -> list[str]:
 def _bare_report(config, psi: float, n_devices: int, precision: str, memory: float | None) -> dict:
     import jax.numpy as jnp
 
-    from meshtron.parallel.plan import bare_mesh_shape, zero_paper_state
+    from meshtron.train.planner.plan import bare_mesh_shape, zero_paper_state
 
     shape = bare_mesh_shape(config, n_devices)
     if precision == "mixed":

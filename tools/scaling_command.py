@@ -18,7 +18,7 @@ import argparse
 import json
 import math
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 from meshtron.train.scaling.laws import (DEFAULT_LAW, LAWS, allocation, cluster_compute, get_law,
                                          kaplan_optimal_params, optimal_by_compute, optimal_by_params,
                                          optimal_by_tokens)
@@ -158,7 +158,7 @@ def _loss(args, law):
 
 
 def _compute(args, law):
-    from meshtron.train.hardware import table_peak
+    from meshtron.train.planner.hardware import table_peak
 
     devices = _number(args.devices, "--devices")
     try:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from meshtron.configs.loader import UserError, config_from_dict, load_config
+from meshtron.configs.errors import UserError
+from meshtron.configs.loader import config_from_dict, load_config
 
 
 def add_arguments(parser) -> None:
@@ -38,8 +39,8 @@ def run(args) -> int:
     import jax
 
     from meshtron.parallel.mesh import resolve_mesh_shape
-    from meshtron.train.data import check_source
-    from meshtron.train.loop import train
+    from meshtron.train.data.prepare import check_source
+    from meshtron.train.run.loop import train
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     config, resuming = resolve_config(args.config, run_dir, args.overrides)

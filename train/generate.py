@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 from meshtron.model.transformer import Transformer
 
 
@@ -79,8 +79,8 @@ def generate(model: Transformer, prompt_ids: list[int], max_new_tokens: int, tem
 
 def load_run(run_dir, step: int | None = None):
     """(model on one device, tokenizer, config, step) from a run directory's latest (or given) checkpoint."""
-    from meshtron.train.run_io import load_run_params
-    from meshtron.train.tokenizer import Tokenizer
+    from meshtron.train.run.weights import load_run_params
+    from meshtron.train.data.tokenizer import Tokenizer
 
     run = load_run_params(run_dir, step)
     return run.model(), Tokenizer.from_run_dir(run_dir), run.config, run.step

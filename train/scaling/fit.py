@@ -20,7 +20,7 @@ import yaml
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 from meshtron.train.scaling.laws import Law
 
 HUBER_DELTA = 1e-3

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 
 # 1 PF-day = 1e15 FLOP/s for a day: the compute unit of Kaplan et al.
 PF_DAY = 1e15 * 86400

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 from meshtron.train.scaling.fit import Fit2, Fit3, Runs, group_budgets
 from meshtron.train.scaling.laws import Law
 

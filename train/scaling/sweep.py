@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 from meshtron.configs import Config, ModelConfig, config_to_dict, load_config
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 from meshtron.model.counting import count_params
 from meshtron.train.scaling.laws import Allocation, Law, check_range, optimal_by_compute
 

@@ -10,7 +10,7 @@ shapes, in the variant Meshtron runs: tensor parallel WITHOUT sequence paralleli
 norms' inputs and outputs and the residual dropout masks are not split by the tensor degree.
 
 Communication is what parallel/zero.py and parallel/spmd.py write, in ring volumes per device
-(all-reduce of n elements 2n(N-1)/N, all-gather / reduce-scatter n(N-1)/N), as parallel/hlo.py
+(all-reduce of n elements 2n(N-1)/N, all-gather / reduce-scatter n(N-1)/N), as train/planner/hlo.py
 reads the compiled program.
 """
 
@@ -31,7 +31,7 @@ from meshtron.model.transformer import Transformer
 from meshtron.parallel.mesh import MeshShape
 from meshtron.parallel.rules import MEGATRON, Rules, partition_spec, zero_dim
 from meshtron.parallel.zero import logical_names
-from meshtron.train.optim import make_optimizer
+from meshtron.train.run.optim import make_optimizer
 
 TOKEN_BYTES = 4  # token ids are int32
 STEP_BYTES = 4  # the int32 step counter argument of the train step

@@ -1,7 +1,7 @@
 """Meshtron parameters -> a Hugging Face directory (GPT-2 or Llama) that transformers loads offline.
 
 One table per architecture (`GPT2`, `LLAMA`) lists every Hugging Face tensor, the Meshtron
-parameters it is made of and how their axes map; hf_import.py reads the same tables backwards.
+parameters it is made of and how their axes map; importer.py reads the same tables backwards.
 Meshtron keeps projections per head (q: (E, H, D)); a Hugging Face matrix is the 2-D
 (in, out) form of it (GPT-2's Conv1D) or its transpose (torch nn.Linear, Llama).
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 from meshtron.configs.schema import ModelConfig
 
 WEIGHTS_NAME = "model.safetensors"
@@ -344,8 +344,8 @@ def export_hf(model_cfg: ModelConfig, params: dict, tokenizer_path: Path | None,
               max_shard_bytes: int = 5 * 2**30, *, dtype: str = "float32", overwrite: bool = False) -> Path:
     """Write a Hugging Face directory (config, safetensors weights, generation config and, given the run's
     tokenizer.model or tokenizer.json, the tokenizer) that transformers loads offline; returns out_dir."""
-    from meshtron.train import hf_tokenizer
-    from meshtron.train.tokenizer import BOS_ID, EOS_ID, Tokenizer
+    from meshtron.train.hf import tokenizer as hf_tokenizer
+    from meshtron.train.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
 
     arch = check_exportable(model_cfg)
     np_dtype = _np_dtype(dtype)

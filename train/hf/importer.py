@@ -2,7 +2,7 @@
 
 Reads only config.json and generation_config.json (as JSON), *.safetensors (as raw arrays) and the
 tokenizer (tokenizer.model or tokenizer.json, as data): no code from the directory runs and no
-pickle is opened. The tensor tables are hf_export's, read backwards.
+pickle is opened. The tensor tables are export.py's, read backwards.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from meshtron.configs.loader import ConfigError, UserError, build_config
+from meshtron.configs.errors import ConfigError, UserError
+from meshtron.configs.loader import build_config
 from meshtron.configs.schema import ModelConfig
-from meshtron.train.hf_export import (ARCHITECTURES, GPT2, INDEX_NAME, Architecture, hf_side_shapes, param_shapes,
+from meshtron.train.hf.export import (ARCHITECTURES, GPT2, INDEX_NAME, Architecture, hf_side_shapes, param_shapes,
                                       unflatten_params, wanted)
-from meshtron.train.tokenizer import Tokenizer
+from meshtron.train.data.tokenizer import Tokenizer
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack")
 # Non-persistent buffers some older checkpoints still store; Meshtron computes them.

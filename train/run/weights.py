@@ -18,11 +18,12 @@ import numpy as np
 import yaml
 from flax import nnx
 
-from meshtron.configs.loader import UserError, config_from_dict, config_to_dict, load_config, validate
+from meshtron.configs.errors import UserError
+from meshtron.configs.loader import config_from_dict, config_to_dict, load_config, validate
 from meshtron.configs.schema import Config, ModelConfig
-from meshtron.train.checkpoint import Checkpointer, checkpoint_meta
-from meshtron.train.step import Training, build_training
-from meshtron.train.tokenizer import Tokenizer
+from meshtron.train.run.checkpoint import Checkpointer, checkpoint_meta
+from meshtron.train.run.step import Training, build_training
+from meshtron.train.data.tokenizer import Tokenizer
 
 # What Meshtron writes in a run directory (the lock files aside)
 RUN_FILES = ("config.yaml", "metrics.jsonl", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
@@ -112,7 +113,7 @@ def imported_config(model_cfg: ModelConfig) -> Config:
 def write_run(run_dir: Path, config: Config, params: dict, tokenizer: Tokenizer) -> None:
     """Write a new run directory: config.yaml, the tokenizer and a step-0 checkpoint of `params` (a pure dict,
     vocabulary padded for one device) with a fresh optimizer state."""
-    from meshtron.train.hf_export import atomic_dir
+    from meshtron.train.hf.export import atomic_dir
 
     training = single_device_training(config)
     abstract_params, _ = training.abstract_state()

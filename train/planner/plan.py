@@ -1,10 +1,10 @@
 """The planner: what a config needs per device on a mesh (memory, communication) before it runs.
 
-`make_plan` evaluates the formulas of parallel/plan_formulas.py for one config on N devices
+`make_plan` evaluates the formulas of train/planner/formulas.py for one config on N devices
 (N need not exist); `suggest` searches the nearby layouts (a higher ZeRO stage, a larger tensor
 degree, remat, a smaller micro-batch) for the cheapest one that fits a device's memory;
 `zero_paper_state` is the ZeRO paper's closed form for a bare parameter count Ψ.
-parallel/plan_compiled.py reads the same figures out of the compiled step.
+train/planner/compiled.py reads the same figures out of the compiled step.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from meshtron.configs.loader import ConfigError, config_from_dict, config_to_dict
+from meshtron.configs.errors import ConfigError
+from meshtron.configs.loader import config_from_dict, config_to_dict
 from meshtron.configs.schema import Config
 from meshtron.model.counting import count_params
-from meshtron.parallel import plan_formulas as formulas
+from meshtron.train.planner import formulas
 from meshtron.parallel.mesh import MeshShape, resolve_mesh_shape
-from meshtron.parallel.plan_formulas import CommTerm, Precision
+from meshtron.train.planner.formulas import CommTerm, Precision
 from meshtron.parallel.rules import rules_for
 
 STAGES = (0, 1, 2, 3)

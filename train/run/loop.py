@@ -17,18 +17,19 @@ import jax
 import numpy as np
 import yaml
 
-from meshtron.configs.loader import UserError, config_to_dict
+from meshtron.configs.errors import UserError
+from meshtron.configs.loader import config_to_dict
 from meshtron.configs.schema import Config
 from meshtron.model.counting import count_params
 from meshtron.parallel.mesh import describe_mesh, mesh_for
-from meshtron.parallel.plan import make_plan
-from meshtron.train.checkpoint import Checkpointer, check_compatible, checkpoint_meta
-from meshtron.train.data import prepare_data
-from meshtron.train.metrics import MetricsWriter
-from meshtron.train.optim import lr_schedule
-from meshtron.train.run_io import RUN_FILES
+from meshtron.train.planner.plan import make_plan
+from meshtron.train.run.checkpoint import Checkpointer, check_compatible, checkpoint_meta
+from meshtron.train.data.prepare import prepare_data
+from meshtron.train.run.metrics import MetricsWriter
+from meshtron.train.run.optim import lr_schedule
+from meshtron.train.run.weights import RUN_FILES
 from meshtron.train.scaling.report import duration, end_report, format_end_report, format_start_report, start_report
-from meshtron.train.step import Training, build_training
+from meshtron.train.run.step import Training, build_training
 
 
 class TrainingStopped(UserError):
@@ -343,7 +344,7 @@ def _mb(nbytes: float) -> str:
 def _peak(say) -> tuple[int, float, str]:
     """(devices, peak FLOP/s per device, source) for MFU. Simulated CPU devices share the host's cores, so
     a CPU run is measured against one host-wide matmul peak."""
-    from meshtron.train.hardware import device_peak, peak_devices
+    from meshtron.train.planner.hardware import device_peak, peak_devices
 
     peak, source = device_peak(jax.devices()[0])
     if source == "measured":

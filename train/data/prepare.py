@@ -24,10 +24,10 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from meshtron.configs.loader import ConfigError
+from meshtron.configs.errors import ConfigError
 from meshtron.configs.schema import Config, DataConfig
-from meshtron.train.corpus import text_splits
-from meshtron.train.tokenizer import TRAINER_OPTIONS, Tokenizer, train_tokenizer
+from meshtron.train.data.corpus import text_splits
+from meshtron.train.data.tokenizer import TRAINER_OPTIONS, Tokenizer, train_tokenizer
 
 
 def cache_root(data: DataConfig) -> Path:

@@ -5,7 +5,7 @@ for the mesh (`jit(...).lower(...).compile()`), so nothing is allocated. Memory 
 `memory_analysis()`: its argument size equals the sum of the per-device shards of the
 arguments exactly (REFERENCE §1); its temp size holds activations and every other temporary of
 XLA's schedule, so it is reported beside the activation formula, not compared with it.
-Communication comes from the optimised HLO through parallel/hlo.py.
+Communication comes from the optimised HLO through train/planner/hlo.py.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 from meshtron.configs.schema import Config
 from meshtron.model.counting import count_params
-from meshtron.parallel import hlo
+from meshtron.train.planner import hlo
 from meshtron.parallel.mesh import MeshShape, build_mesh
 
 MAX_COMPILE_PARAMS = 2e9  # above this, compiling on simulated CPU devices takes too long to be useful
@@ -71,7 +71,7 @@ def compile_step(config: Config, shape: MeshShape) -> CompiledFigures:
     import jax
     import jax.numpy as jnp
 
-    from meshtron.train.step import build_training
+    from meshtron.train.run.step import build_training
 
     check_compilable(config, shape)
     mesh = build_mesh(shape, jax.devices()[:shape.devices])

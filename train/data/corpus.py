@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 from absl import logging as absl_logging
 from etils import epath
 
-from meshtron.configs.loader import ConfigError
+from meshtron.configs.errors import ConfigError
 from meshtron.configs.schema import DataConfig
 
 TEXT_SUFFIXES = {".py", ".txt", ".md", ".rst", ".json", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".c", ".h",

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from meshtron.configs.loader import UserError
-from meshtron.train.tokenizer import Tokenizer
+from meshtron.configs.errors import UserError
+from meshtron.train.data.tokenizer import Tokenizer
 
 SPACE = "\u2581"  # "▁", SentencePiece's visible space
 

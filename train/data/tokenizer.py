@@ -19,7 +19,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from meshtron.configs.loader import UserError
+from meshtron.configs.errors import UserError
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 SENTENCEPIECE_FILE, HF_FILE = "tokenizer.model", "tokenizer.json"

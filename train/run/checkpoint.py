@@ -18,7 +18,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from meshtron.configs.loader import UserError, config_to_dict
+from meshtron.configs.errors import UserError
+from meshtron.configs.loader import config_to_dict
 from meshtron.configs.schema import Config
 
 CHECKPOINT_DIR = "checkpoints"

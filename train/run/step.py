@@ -24,7 +24,7 @@ from meshtron.model.transformer import Transformer
 from meshtron.parallel import spmd, zero
 from meshtron.parallel.mesh import MeshShape
 from meshtron.parallel.rules import BATCH_AXES, Rules, rules_for
-from meshtron.train.optim import make_optimizer
+from meshtron.train.run.optim import make_optimizer
 
 
 def _named(mesh, spec_tree):
