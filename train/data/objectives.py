@@ -19,10 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-OBJECTIVES = ("causal", "mlm", "span_corruption", "prefix_lm")
+from meshtron.configs.objectives import MEAN_SPAN, NOISE_DENSITY, span_corruption_lengths
+
 MASK_RATE, MASK_TOKEN_SHARE, RANDOM_TOKEN_SHARE = 0.15, 0.8, 0.1  # Devlin et al. 2018
-NOISE_DENSITY, MEAN_SPAN = 0.15, 3.0  # Raffel et al. 2020
-SENTINELS = 100  # T5's extra ids
 PAD_ID = 0  # decoder start and padding of T5 targets
 
 
@@ -38,26 +37,6 @@ class Specials:
 
 def _row_rng(seed: int, step: int, row: int) -> np.random.Generator:
     return np.random.default_rng([seed, step, row])
-
-
-# -- T5 span corruption lengths (t5.data.preprocessors.random_spans_helper) -----------------------------------
-def _span_lengths(tokens_length: int, density: float, mean_span: float) -> tuple[int, int]:
-    noise = int(round(tokens_length * density))
-    spans = int(round(noise / mean_span))
-    return tokens_length - noise + spans + 1, noise + spans + 1  # inputs, targets (one EOS each)
-
-
-def span_corruption_lengths(inputs_length: int, density: float = NOISE_DENSITY,
-                            mean_span: float = MEAN_SPAN) -> tuple[int, int]:
-    """(raw tokens per example, target length) such that the corrupted input is exactly `inputs_length`
-    tokens: T5's `random_spans_helper` (extra tokens per span: one sentinel in inputs and targets)."""
-    tokens = inputs_length - 1
-    while _span_lengths(tokens + 1, density, mean_span)[0] <= inputs_length:
-        tokens += 1
-    _, targets = _span_lengths(tokens, density, mean_span)
-    if density == 0.5 and targets > inputs_length:
-        tokens, targets = tokens - 1, targets - 1
-    return tokens, targets
 
 
 def _segmentation(rng: np.random.Generator, items: int, segments: int) -> np.ndarray:
