@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from meshtron.configs.errors import ConfigError, UserError  # noqa: F401  (UserError: re-exported)
+from meshtron.configs.objectives import ARCH_OBJECTIVES, check_architecture
 from meshtron.configs.schema import CHOICES, FAMILY_DEFAULTS, SECTION_CLASSES, Config
 
 
@@ -174,6 +175,8 @@ def build_config(flat: dict[str, object], name: str = "custom") -> Config:
     for k, v in FAMILY_DEFAULTS[family].items():
         if model.get(k) is None:
             model[k] = v
+    if sections["train"].get("objective") is None:  # each architecture's own objective by default
+        sections["train"]["objective"] = ARCH_OBJECTIVES[model.get("arch") or "decoder"][0]
     config = Config(**{s: SECTION_CLASSES[s](**v) for s, v in sections.items()}, name=name)
     validate(config)
     return config
@@ -233,6 +236,7 @@ def validate(config: Config) -> None:
     _require(m.rope_theta > 0, "model.rope_theta", f"must be positive, got {m.rope_theta}")
     _require(m.init_std > 0, "model.init_std", f"must be positive, got {m.init_std}")
     _require(m.logits_chunk >= 0, "model.logits_chunk", f"must be >= 0, got {m.logits_chunk}")
+    check_architecture(config)
     if m.logits_chunk:
         _require(m.seq_len % m.logits_chunk == 0, "model.logits_chunk",
                  f"{m.logits_chunk} does not divide seq_len={m.seq_len}; use a divisor or 0")

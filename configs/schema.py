@@ -177,8 +177,9 @@ class TrainConfig:
     """Clip gradients to this global L2 norm (0 disables)."""
     seed: int = 0
     """Seed of parameter initialisation, data order and dropout."""
-    objective: str = "causal"
-    """Objective: causal | prefix_lm (decoder) | mlm (encoder) | span_corruption (encoder_decoder)."""
+    objective: str | None = None
+    """Objective: causal | prefix_lm (decoder) | mlm (encoder) | span_corruption (encoder_decoder); default the
+    architecture's first."""
     max_bad_steps: int = 5
     """Stop after this many consecutive steps with a NaN/Inf loss or gradient (each one is skipped)."""
     log_every: int = 10
