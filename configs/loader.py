@@ -216,14 +216,21 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"config key '{key}': {message}")
 
 
+def _check_keys(config: Config) -> None:
+    """Each key against its own constraint, declared beside it in schema.py."""
+    for section, cls in SECTION_CLASSES.items():
+        values = getattr(config, section)
+        for f in dataclasses.fields(cls):
+            check, value = f.metadata.get("check"), getattr(values, f.name)
+            if check is not None and value is not None and not check.ok(value):
+                raise ConfigError(f"config key '{section}.{f.name}': {check.message.format(value=value)}")
+
+
 def validate(config: Config) -> None:
-    """Reject impossible values with a one-line message naming the key and the fix."""
-    m, p, t, d, c = config.model, config.parallel, config.train, config.data, config.checkpoint
-    for key in ("n_layers", "d_model", "n_heads", "vocab_size", "seq_len", "vocab_multiple"):
-        _require(getattr(m, key) > 0, f"model.{key}", f"must be positive, got {getattr(m, key)}")
-    for key in ("n_kv_heads", "head_dim", "d_ff"):
-        value = getattr(m, key)
-        _require(value is None or value > 0, f"model.{key}", f"must be positive (or unset), got {value}")
+    """Reject impossible values with a one-line message naming the key and the fix: each key by its own
+    constraint first, then the rules that tie keys together."""
+    _check_keys(config)
+    m, p, t = config.model, config.parallel, config.train
     if m.head_dim is None:
         _require(m.d_model % m.n_heads == 0, "model.n_heads",
                  f"{m.n_heads} heads do not divide d_model={m.d_model}; pick a divisor or set model.head_dim")
@@ -231,46 +238,15 @@ def validate(config: Config) -> None:
              f"{m.kv_heads} kv heads do not divide n_heads={m.n_heads}; use a divisor of n_heads")
     if m.position == "rope":
         _require(m.dim_per_head % 2 == 0, "model.head_dim", f"rotary positions need an even head_dim, got {m.dim_per_head}")
-    _require(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
-    _require(m.norm_eps > 0, "model.norm_eps", f"must be positive, got {m.norm_eps}")
-    _require(m.rope_theta > 0, "model.rope_theta", f"must be positive, got {m.rope_theta}")
-    _require(m.init_std > 0, "model.init_std", f"must be positive, got {m.init_std}")
-    _require(m.logits_chunk >= 0, "model.logits_chunk", f"must be >= 0, got {m.logits_chunk}")
     check_architecture(config)
     if m.logits_chunk:
         _require(m.seq_len % m.logits_chunk == 0, "model.logits_chunk",
                  f"{m.logits_chunk} does not divide seq_len={m.seq_len}; use a divisor or 0")
-
-    _require(p.replica >= 1, "parallel.replica", f"must be >= 1, got {p.replica}")
-    _require(p.data == -1 or p.data >= 1, "parallel.data", f"must be >= 1 or -1 (use the remaining devices), got {p.data}")
-    _require(p.tensor >= 1, "parallel.tensor", f"must be >= 1, got {p.tensor}")
-    _require(p.zero_stage in (0, 1, 2, 3), "parallel.zero_stage", f"must be 0, 1, 2 or 3, got {p.zero_stage}")
     for key in ("heads", "kv_heads"):
         n = m.n_heads if key == "heads" else m.kv_heads
         _require(n % p.tensor == 0, "parallel.tensor",
                  f"tensor degree {p.tensor} does not divide model.n_{key}={n}; use a divisor of it")
     _require(m.ff_dim % p.tensor == 0, "parallel.tensor",
              f"tensor degree {p.tensor} does not divide the MLP width {m.ff_dim}; use a divisor or change model.d_ff")
-
-    for key in ("steps", "batch_size", "grad_accum", "log_every", "eval_batches", "max_bad_steps"):
-        _require(getattr(t, key) > 0, f"train.{key}", f"must be positive, got {getattr(t, key)}")
-    for key in ("warmup_steps", "eval_every", "sample_tokens"):
-        _require(getattr(t, key) >= 0, f"train.{key}", f"must be >= 0, got {getattr(t, key)}")
     _require(t.batch_size % t.grad_accum == 0, "train.grad_accum",
              f"{t.grad_accum} micro-batches do not divide train.batch_size={t.batch_size}; use a divisor")
-    _require(t.lr > 0, "train.lr", f"must be positive, got {t.lr}")
-    _require(0.0 <= t.min_lr_ratio <= 1.0, "train.min_lr_ratio", f"must be in [0, 1], got {t.min_lr_ratio}")
-    _require(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
-    for key in ("beta1", "beta2"):
-        _require(0.0 <= getattr(t, key) < 1.0, f"train.{key}", f"must be in [0, 1), got {getattr(t, key)}")
-    _require(t.eps > 0, "train.eps", f"must be positive, got {t.eps}")
-    _require(t.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 disables clipping), got {t.grad_clip}")
-    _require(t.seed >= 0, "train.seed", f"must be >= 0, got {t.seed}")
-
-    _require(bool(d.source.strip()), "data.source", "is empty; give stdlib, a text file or folder, or tfds:NAME")
-    _require(0.0 < d.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")
-    _require(d.tokenizer_chars > 0, "data.tokenizer_chars", f"must be positive, got {d.tokenizer_chars}")
-    _require(d.max_documents >= 0, "data.max_documents", f"must be >= 0, got {d.max_documents}")
-    _require(d.prefetch >= 0, "data.prefetch", f"must be >= 0, got {d.prefetch}")
-    _require(c.every >= 0, "checkpoint.every", f"must be >= 0 (0: only at the end), got {c.every}")
-    _require(c.keep >= 1, "checkpoint.keep", f"must be >= 1, got {c.keep}")

@@ -66,10 +66,6 @@ def check_architecture(config) -> None:
     if m.position == "learned" and m.max_positions is not None and m.max_positions < m.seq_len:
         raise ConfigError(f"config key 'model.max_positions': {m.max_positions} rows cannot hold model.seq_len="
                           f"{m.seq_len} positions; raise it to >= {m.seq_len}")
-    for key in ("n_decoder_layers", "relative_buckets", "relative_max_distance", "type_vocab_size"):
-        value = getattr(m, key)
-        if value is not None and value < (0 if key == "type_vocab_size" else 1):
-            raise ConfigError(f"config key 'model.{key}': must be positive, got {value}")
     reserved = reserved_ids(t.objective)
     if m.vocab_size - reserved < 260:
         raise ConfigError(f"config key 'model.vocab_size': {m.vocab_size} leaves {m.vocab_size - reserved} ids "

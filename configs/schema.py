@@ -8,7 +8,9 @@ from other fields when the config is resolved.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 # Switches by which GPT-2, GPT-3, LLaMA and PaLM differ. A preset or override wins over these.
 FAMILY_DEFAULTS = {
@@ -22,94 +24,106 @@ FAMILY_DEFAULTS = {
                  parallel_block=True),
 }
 
-CHOICES = {
-    "model.family": tuple(FAMILY_DEFAULTS),
-    "model.position": ("learned", "rope", "sinusoidal", "relative"),
-    "model.arch": ("decoder", "encoder", "encoder_decoder"),
-    "train.objective": ("causal", "mlm", "span_corruption", "prefix_lm"),
-    "model.norm": ("layernorm", "rmsnorm"),
-    "model.mlp": ("gelu", "swiglu", "gelu_exact", "relu", "geglu"),
-    "model.init": ("gpt2", "xavier", "kaiming"),
-    "model.param_dtype": ("float32", "bfloat16"),
-    "model.compute_dtype": ("auto", "float32", "bfloat16"),
-    "model.remat": ("none", "full", "dots"),
-    "model.attention": ("auto", "xla", "cudnn"),
-    "train.schedule": ("cosine", "linear", "constant"),
-}
+
+@dataclass(frozen=True)
+class Check:
+    """A key's own constraint: `ok(value)`, else the message (with {value}) after "config key 'KEY': "."""
+
+    ok: Callable[[Any], bool]
+    message: str
+
+
+POSITIVE = Check(lambda v: v > 0, "must be positive, got {value}")
+POSITIVE_OR_UNSET = Check(lambda v: v > 0, "must be positive (or unset), got {value}")
+NON_NEGATIVE = Check(lambda v: v >= 0, "must be >= 0, got {value}")
+AT_LEAST_ONE = Check(lambda v: v >= 1, "must be >= 1, got {value}")
+FRACTION = Check(lambda v: 0.0 <= v < 1.0, "must be in [0, 1), got {value}")
+
+
+def learned_positions(model) -> bool:
+    """seq_len shapes the parameters only through a learned position table."""
+    return model.position == "learned"
+
+
+def key(default, *, choices: tuple = (), check: Check | None = None, shape=False):
+    """A config field with its rules beside it: the values it may take (`choices`), its own constraint
+    (`check`, never applied to an unset None), and whether it defines the parameters' shapes (`shape`: True, or
+    a predicate of the ModelConfig), so that a checkpoint cannot resume under a change to it."""
+    return field(default=default, metadata={"choices": choices, "check": check, "shape": shape})
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    family: str = "gpt2"
+    family: str = key("gpt2", choices=tuple(FAMILY_DEFAULTS))
     """Model family whose defaults fill the switches below: gpt2 | gpt3 | llama | palm."""
-    n_layers: int = 2
+    n_layers: int = key(2, check=POSITIVE, shape=True)
     """Number of transformer blocks."""
-    d_model: int = 128
+    d_model: int = key(128, check=POSITIVE, shape=True)
     """Width of the residual stream."""
-    n_heads: int = 4
+    n_heads: int = key(4, check=POSITIVE, shape=True)
     """Query heads per attention layer."""
-    n_kv_heads: int | None = None
+    n_kv_heads: int | None = key(None, check=POSITIVE_OR_UNSET, shape=True)
     """Key/value heads (grouped-query attention); default n_heads (multi-head); 1 is multi-query."""
-    head_dim: int | None = None
+    head_dim: int | None = key(None, check=POSITIVE_OR_UNSET, shape=True)
     """Width of one head; default d_model / n_heads (GPT-3 style configs may set it apart)."""
-    d_ff: int | None = None
+    d_ff: int | None = key(None, check=POSITIVE_OR_UNSET, shape=True)
     """Hidden width of the MLP; default 4*d_model (gelu) or LLaMA's 8/3*d_model rounded up to 256 (swiglu)."""
-    vocab_size: int = 2048
+    vocab_size: int = key(2048, check=POSITIVE, shape=True)
     """Tokenizer vocabulary; the embedding is padded to a multiple of vocab_multiple x tensor degree."""
-    seq_len: int = 128
+    seq_len: int = key(128, check=POSITIVE, shape=learned_positions)
     """Context length in tokens (training window and the longest generation)."""
-    position: str | None = None
+    position: str | None = key(None, choices=("learned", "rope", "sinusoidal", "relative"), shape=True)
     """Positions: learned | rope | sinusoidal | relative (T5's bucketed bias; encoder, encoder_decoder) (family default)."""
-    norm: str | None = None
+    norm: str | None = key(None, choices=("layernorm", "rmsnorm"), shape=True)
     """Normalisation: layernorm | rmsnorm (family default)."""
-    norm_eps: float = 1e-5
+    norm_eps: float = key(1e-5, check=POSITIVE)
     """Epsilon of the normalisation layers."""
-    mlp: str | None = None
+    mlp: str | None = key(None, choices=("gelu", "swiglu", "gelu_exact", "relu", "geglu"), shape=True)
     """MLP: gelu (tanh approximation, GPT-2) | swiglu (LLaMA, PaLM) | gelu_exact (BERT) | relu (T5, Transformer) |
     geglu (T5 v1.1) (family default)."""
-    bias: bool | None = None
+    bias: bool | None = key(None, shape=True)
     """Biases in linear layers and LayerNorm (family default)."""
-    tie_embeddings: bool | None = None
+    tie_embeddings: bool | None = key(None, shape=True)
     """Output layer shares the token embedding matrix (family default)."""
-    parallel_block: bool | None = None
+    parallel_block: bool | None = key(None, shape=True)
     """PaLM-style block: attention and MLP read the same normalised input (family default)."""
-    dropout: float = 0.0
+    dropout: float = key(0.0, check=FRACTION)
     """Dropout rate on embeddings and residual branches during training."""
-    rope_theta: float = 10000.0
+    rope_theta: float = key(10000.0, check=POSITIVE)
     """Base of the rotary position frequencies."""
-    init: str = "gpt2"
+    init: str = key("gpt2", choices=("gpt2", "xavier", "kaiming"))
     """Initialisation: gpt2 (normal(init_std), residual outputs / sqrt(2 n_layers)) | xavier | kaiming."""
-    init_std: float = 0.02
+    init_std: float = key(0.02, check=POSITIVE)
     """Standard deviation of the gpt2 initialisation."""
-    param_dtype: str = "float32"
+    param_dtype: str = key("float32", choices=("float32", "bfloat16"))
     """Storage dtype of parameters (the master weights): float32 | bfloat16."""
-    compute_dtype: str = "auto"
+    compute_dtype: str = key("auto", choices=("auto", "float32", "bfloat16"))
     """Dtype of matmuls and activations: auto (float32 on CPU, bfloat16 on GPU/TPU) | float32 | bfloat16."""
-    remat: str = "none"
+    remat: str = key("none", choices=("none", "full", "dots"))
     """Activation checkpointing per block: none | full (recompute all) | dots (save matmul outputs only)."""
-    scan_layers: bool = True
+    scan_layers: bool = key(True, shape=True)
     """Stack the blocks and run them with a scan, so compile time does not grow with depth."""
-    attention: str = "auto"
+    attention: str = key("auto", choices=("auto", "xla", "cudnn"))
     """Attention kernel for jax.nn.dot_product_attention: auto (cuDNN flash attention when usable) | xla | cudnn."""
-    logits_chunk: int = 0
+    logits_chunk: int = key(0, check=NON_NEGATIVE)
     """Compute the output layer and loss over this many positions at a time (0: all at once)."""
-    vocab_multiple: int = 128
+    vocab_multiple: int = key(128, check=POSITIVE)
     """Pad the embedding rows to a multiple of this times the tensor degree (Megatron style)."""
-    arch: str = "decoder"
+    arch: str = key("decoder", choices=("decoder", "encoder", "encoder_decoder"), shape=True)
     """Architecture: decoder (GPT, LLaMA) | encoder (BERT: bidirectional, MLM head) | encoder_decoder (T5, Transformer)."""
-    n_decoder_layers: int | None = None
+    n_decoder_layers: int | None = key(None, check=POSITIVE_OR_UNSET, shape=True)
     """Decoder blocks of an encoder_decoder; default n_layers (n_layers counts the encoder's)."""
-    post_norm: bool = False
+    post_norm: bool = key(False, shape=True)
     """Normalise after each residual add (BERT, the original Transformer) instead of before (encoder archs)."""
-    embed_norm: bool = False
+    embed_norm: bool = key(False, shape=True)
     """Normalise the embeddings before the first block (BERT) (encoder archs)."""
-    type_vocab_size: int = 0
+    type_vocab_size: int = key(0, check=NON_NEGATIVE, shape=True)
     """Token-type (segment) embeddings of an encoder (BERT: 2); 0 for none."""
-    max_positions: int | None = None
+    max_positions: int | None = key(None, check=POSITIVE_OR_UNSET, shape=True)
     """Rows of a learned position table of an encoder (BERT: 512); default seq_len."""
-    relative_buckets: int = 32
+    relative_buckets: int = key(32, check=POSITIVE, shape=True)
     """Buckets of T5's relative position bias (model.position=relative)."""
-    relative_max_distance: int = 128
+    relative_max_distance: int = key(128, check=POSITIVE)
     """Distance from which T5's relative position buckets stop growing (model.position=relative)."""
 
     @property
@@ -139,86 +153,88 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ParallelConfig:
-    replica: int = 1
+    replica: int = key(1, check=AT_LEAST_ONE)
     """Replica groups (hybrid sharding): ZeRO partitions inside a group and replicates across groups."""
-    data: int = -1
+    data: int = key(-1, check=Check(lambda v: v == -1 or v >= 1,
+                                    "must be >= 1 or -1 (use the remaining devices), got {value}"))
     """Data-parallel degree inside a replica group; -1 takes the devices left over."""
-    tensor: int = 1
+    tensor: int = key(1, check=AT_LEAST_ONE)
     """Megatron tensor-parallel degree (heads, MLP and vocabulary split across devices)."""
-    zero_stage: int = 0
+    zero_stage: int = key(0, check=Check(lambda v: v in (0, 1, 2, 3), "must be 0, 1, 2 or 3, got {value}"))
     """ZeRO stage over the data axis: 0 none, 1 optimizer state, 2 + gradients, 3 + parameters."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 100
+    steps: int = key(100, check=POSITIVE)
     """Optimizer steps to run."""
-    batch_size: int = 8
+    batch_size: int = key(8, check=POSITIVE)
     """Global batch in sequences per optimizer step (all devices, all micro-batches)."""
-    grad_accum: int = 1
+    grad_accum: int = key(1, check=POSITIVE)
     """Micro-batches per step: gradients of batch_size / grad_accum sequences are accumulated."""
-    lr: float = 3e-4
+    lr: float = key(3e-4, check=POSITIVE)
     """Peak learning rate."""
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = key(0.1, check=Check(lambda v: 0.0 <= v <= 1.0, "must be in [0, 1], got {value}"))
     """Final learning rate as a fraction of lr (cosine and linear schedules)."""
-    warmup_steps: int = 10
+    warmup_steps: int = key(10, check=NON_NEGATIVE)
     """Linear warm-up steps from 0 to lr."""
-    schedule: str = "cosine"
+    schedule: str = key("cosine", choices=("cosine", "linear", "constant"))
     """Learning-rate decay after warm-up: cosine | linear | constant."""
-    weight_decay: float = 0.1
+    weight_decay: float = key(0.1, check=NON_NEGATIVE)
     """AdamW weight decay, applied to matrices and embeddings only (never norms or biases)."""
-    beta1: float = 0.9
+    beta1: float = key(0.9, check=FRACTION)
     """AdamW first-moment decay."""
-    beta2: float = 0.95
+    beta2: float = key(0.95, check=FRACTION)
     """AdamW second-moment decay."""
-    eps: float = 1e-8
+    eps: float = key(1e-8, check=POSITIVE)
     """AdamW epsilon."""
-    grad_clip: float = 1.0
+    grad_clip: float = key(1.0, check=Check(lambda v: v >= 0, "must be >= 0 (0 disables clipping), got {value}"))
     """Clip gradients to this global L2 norm (0 disables)."""
-    seed: int = 0
+    seed: int = key(0, check=NON_NEGATIVE)
     """Seed of parameter initialisation, data order and dropout."""
-    objective: str | None = None
+    objective: str | None = key(None, choices=("causal", "mlm", "span_corruption", "prefix_lm"))
     """Objective: causal | prefix_lm (decoder) | mlm (encoder) | span_corruption (encoder_decoder); default the
     architecture's first."""
-    max_bad_steps: int = 5
+    max_bad_steps: int = key(5, check=POSITIVE)
     """Stop after this many consecutive steps with a NaN/Inf loss or gradient (each one is skipped)."""
-    log_every: int = 10
+    log_every: int = key(10, check=POSITIVE)
     """Write a metrics line every this many steps."""
-    eval_every: int = 0
+    eval_every: int = key(0, check=NON_NEGATIVE)
     """Evaluate on the validation split every this many steps (0: only at the end)."""
-    eval_batches: int = 4
+    eval_batches: int = key(4, check=POSITIVE)
     """Batches of the validation split per evaluation."""
     sample_prompt: str = "def "
     """Prompt of the text sample printed at the end of training ('' for none)."""
-    sample_tokens: int = 64
+    sample_tokens: int = key(64, check=NON_NEGATIVE)
     """Tokens generated for that sample (0 for none)."""
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "stdlib"
+    source: str = key("stdlib", check=Check(lambda v: bool(v.strip()),
+                                            "is empty; give stdlib, a text file or folder, or tfds:NAME"))
     """Training text: stdlib (this Python's standard library source), a text file or folder, or tfds:NAME."""
     tokenizer: str = ""
     """A SentencePiece .model or Hugging Face tokenizer.json to use; empty: train one on the training text (cached)."""
-    val_fraction: float = 0.05
+    val_fraction: float = key(0.05, check=Check(lambda v: 0.0 < v < 1.0, "must be in (0, 1), got {value}"))
     """Fraction of documents held out for validation (sources without a validation split)."""
-    tokenizer_chars: int = 4_000_000
+    tokenizer_chars: int = key(4_000_000, check=POSITIVE)
     """Characters of training text the tokenizer is trained on."""
-    max_documents: int = 0
+    max_documents: int = key(0, check=NON_NEGATIVE)
     """Use at most this many documents per split (0: all)."""
     text_key: str = "text"
     """Feature holding the text in a tfds:NAME dataset."""
     cache_dir: str = ""
     """Where prepared datasets, tokenizers and token caches live; default $MESHTRON_CACHE or ~/.cache/meshtron."""
-    prefetch: int = 2
+    prefetch: int = key(2, check=NON_NEGATIVE)
     """Batches prepared ahead of the step on the host."""
 
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    every: int = 0
+    every: int = key(0, check=Check(lambda v: v >= 0, "must be >= 0 (0: only at the end), got {value}"))
     """Save every this many steps (0: only at the end)."""
-    keep: int = 3
+    keep: int = key(3, check=AT_LEAST_ONE)
     """Keep the last this many checkpoints."""
     async_save: bool = True
     """Write checkpoints in the background while training continues."""
@@ -235,9 +251,17 @@ class Config:
     """Name of the preset (or file) this config came from."""
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "name"}
 SECTION_CLASSES = {"model": ModelConfig, "parallel": ParallelConfig, "train": TrainConfig,
                    "data": DataConfig, "checkpoint": CheckpointConfig}
+# "section.key" -> the values it may take, read from the fields above
+CHOICES = {f"{s}.{f.name}": f.metadata["choices"] for s, cls in SECTION_CLASSES.items()
+           for f in dataclasses.fields(cls) if f.metadata.get("choices")}
+
+
+def shape_keys(model: ModelConfig) -> tuple[str, ...]:
+    """The ModelConfig fields that define the parameters' shapes or structure under `model`, from the schema."""
+    return tuple(f.name for f in dataclasses.fields(ModelConfig)
+                 if f.metadata.get("shape") is True or (callable(f.metadata.get("shape")) and f.metadata["shape"](model)))
 
 
 def field_docs(cls) -> dict[str, str]:

@@ -7,7 +7,7 @@ sharded step (one device, generation, tests) no layout is active and each helper
 identity, so the model reads as plain single-device code.
 
 The active `Layout` maps logical axis names (`heads`, `mlp`, `vocab`, `embed`, ...) to the
-mesh axes that split them; it is set by `parallel.step` while tracing a sharded function.
+mesh axes that split them; it is set by the train step (train/run/step.py) while tracing a sharded function.
 """
 
 from __future__ import annotations
@@ -18,24 +18,9 @@ from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
-
-ZERO3_GATHERED = "zero3_gathered"  # name of gathered ZeRO-3 parameters: never saved for backward
-# Never saved for the backward pass: gathers, and the cheap casts and layout changes that may
-# be applied to gathered weights (a saved copy of those would be the whole weight again).
-_NEVER_SAVED = ("all_gather", "all_gather_invariant", "pvary", "convert_element_type", "transpose",
-                "reshape", "broadcast_in_dim", "copy", "copy_p", "squeeze", "expand_dims")
-
-
-def never_save_gathered(policy):
-    """Wrap a remat policy so ZeRO-3's all-gathered weights are recomputed (re-gathered) in the
-    backward pass, never kept: keeping them would hold the whole model on every device."""
-    def wrapped(prim, *args, **params):
-        if prim.name in _NEVER_SAVED or (params.get("name") == ZERO3_GATHERED):
-            return False
-        return policy(prim, *args, **params)
-    return wrapped
-
+from meshtron.parallel import zero
+from meshtron.parallel.jax_compat import mark_varying, varying_axes
+from meshtron.parallel.zero import never_save_gathered  # noqa: F401  (the model's remat policy reaches it here)
 
 @dataclass(frozen=True)
 class Layout:
@@ -83,16 +68,6 @@ def current_layout() -> Layout | None:
     return _ACTIVE.get()
 
 
-def varying_axes(x) -> frozenset:
-    """Mesh axes over which `x` (an array or a ShapeDtypeStruct) differs between devices (inside shard_map)."""
-    if isinstance(x, jax.ShapeDtypeStruct):
-        manual = getattr(x, "manual_axis_type", None)
-        return frozenset(manual.varying if manual is not None else ())
-    aval = jax.typeof(x)
-    vma = getattr(aval, "vma", None)
-    return frozenset(vma if vma is not None else aval.mat.varying)
-
-
 def enter_split(x: jax.Array, *logical: str) -> jax.Array:
     """Megatron's "f" operator: `x`, the same on every device that splits `logical`, is about to meet those
     devices' different weights. Marking it once makes the backward pass sum its gradient with one
@@ -100,8 +75,7 @@ def enter_split(x: jax.Array, *logical: str) -> jax.Array:
     layout = _ACTIVE.get()
     if layout is None:
         return x
-    missing = tuple(a for a in layout.mesh_axes(*logical) if a not in varying_axes(x))
-    return jax.lax.pcast(x, missing, to="varying") if missing else x
+    return mark_varying(x, tuple(a for a in layout.mesh_axes(*logical) if a not in varying_axes(x)))
 
 
 def sum_over(x: jax.Array, *logical: str) -> jax.Array:
@@ -190,30 +164,6 @@ def gathered(module):
 
 
 def gather_params(tree):
-    """ZeRO-3: all-gather the parameters of `tree` that are split over the data axis.
-
-    Called by the model right before a block (or the embedding) is used, so only one
-    block's full parameters exist at a time. The transpose of this all-gather is a
-    reduce-scatter: gradients come back already partitioned. The gathered values are
-    named so remat policies recompute them in the backward pass instead of keeping them.
-    """
+    """ZeRO-3: the parameters of `tree` that are split over the data axis, all-gathered (zero.py says how)."""
     layout = _ACTIVE.get()
-    if layout is None:
-        return tree
-    from flax import nnx
-
-    def gather(variable):
-        names = variable.get_metadata().get("out_sharding") or ()
-        per_dim = [layout.gathered_axes(name) for name in names]
-        if not any(per_dim):
-            return variable
-        value = variable[...]
-        if layout.gather_dtype is not None:
-            value = value.astype(layout.gather_dtype)
-        for dim, axes in enumerate(per_dim):
-            if axes:
-                value = jax.lax.all_gather(value, axes, axis=dim, tiled=True)
-                value = checkpoint_name(value, ZERO3_GATHERED)
-        return variable.replace(value)
-
-    return jax.tree.map(gather, tree, is_leaf=lambda v: isinstance(v, nnx.Variable))
+    return tree if layout is None else zero.gather_stage3(tree, layout)

@@ -22,12 +22,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax._src.lax.parallel import all_gather_invariant  # Varying -> Invariant all-gather (no public alias yet)
 
-from meshtron.parallel.spmd import varying_axes
+from jax.ad_checkpoint import checkpoint_name
+
+from meshtron.parallel.jax_compat import NEVER_SAVED, all_gather_invariant, mark_varying, varying_axes
 from meshtron.parallel.rules import ZERO_AXIS, Rules, partition_spec, zero_dim
 
 _is_variable = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
+ZERO3_GATHERED = "zero3_gathered"  # name of gathered ZeRO-3 parameters: never saved for backward
 
 
 def logical_names(variable: nnx.Variable) -> tuple:
@@ -53,16 +55,14 @@ def specs(tree, table: dict):
 def make_varying(x, axes: tuple):
     """Mark `x` as differing over `axes` (of size > 1), so gradients taken with respect to it stay
     per-device."""
-    missing = tuple(a for a in axes if a not in varying_axes(x) and jax.lax.axis_size(a) > 1)
-    return jax.lax.pcast(x, missing, to="varying") if missing else x
+    return mark_varying(x, tuple(a for a in axes if a not in varying_axes(x) and jax.lax.axis_size(a) > 1))
 
 
 def zeros_varying_like(reference, shape: tuple = None, dtype=None):
     """Zeros (of `shape`, default the reference's) varying over exactly the axes `reference` varies over,
     as scan carries must."""
     x = jnp.zeros(reference.shape if shape is None else shape, dtype or reference.dtype)
-    missing = tuple(sorted(varying_axes(reference) - varying_axes(x)))
-    return jax.lax.pcast(x, missing, to="varying") if missing else x
+    return mark_varying(x, tuple(sorted(varying_axes(reference) - varying_axes(x))))
 
 
 def reduce_over_data(grads, rules: Rules):
@@ -131,3 +131,37 @@ def gather_updated(params, rules: Rules):
         return p if dim is None else all_gather_invariant(p, ZERO_AXIS, axis=dim, tiled=True)
 
     return map_variables(gather, params)
+
+
+def gather_stage3(tree, layout):
+    """ZeRO-3: all-gather the parameters of `tree` that `layout` stores split but computes whole.
+
+    Called by the model (through spmd.gathered) right before a block (or the embedding) is used,
+    so only one block's full parameters exist at a time. The transpose of this all-gather is a
+    reduce-scatter: gradients come back already partitioned. The gathered values are named so
+    remat policies recompute them in the backward pass instead of keeping them.
+    """
+    def gather(variable):
+        per_dim = [layout.gathered_axes(name) for name in logical_names(variable)]
+        if not any(per_dim):
+            return variable
+        value = variable[...]
+        if layout.gather_dtype is not None:
+            value = value.astype(layout.gather_dtype)
+        for dim, axes in enumerate(per_dim):
+            if axes:
+                value = jax.lax.all_gather(value, axes, axis=dim, tiled=True)
+                value = checkpoint_name(value, ZERO3_GATHERED)
+        return variable.replace(value)
+
+    return jax.tree.map(gather, tree, is_leaf=_is_variable)
+
+
+def never_save_gathered(policy):
+    """Wrap a remat policy so ZeRO-3's all-gathered weights are recomputed (re-gathered) in the
+    backward pass, never kept: keeping them would hold the whole model on every device."""
+    def wrapped(prim, *args, **params):
+        if prim.name in NEVER_SAVED or (params.get("name") == ZERO3_GATHERED):
+            return False
+        return policy(prim, *args, **params)
+    return wrapped

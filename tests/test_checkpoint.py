@@ -89,7 +89,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(reference, tmp_p
 
 
 def test_a_second_live_run_on_the_same_directory_is_refused(tmp_path, text_corpus):
-    from meshtron.train.run.loop import run_lock
+    from meshtron.train.run.rundir import run_lock
 
     with run_lock(tmp_path / "run"):
         with pytest.raises(UserError, match="in use by a live run"):
@@ -152,3 +152,29 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(long_reference, tmp_path, 
     resumed = subprocess.run(cli_train(run_dir, text_corpus, *LONG), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert losses_of(run_dir) == long_reference
+
+
+@pytest.mark.parametrize("change,refused", [
+    ("model.d_model=128", True), ("model.n_kv_heads=4", True), ("model.scan_layers=false", True),
+    ("model.seq_len=64", False),  # rope: no position table, so the length is free to change
+    ("train.lr=1e-3", False), ("model.dropout=0.1", False), ("model.remat=full", False)])
+def test_a_resume_is_refused_exactly_when_a_shape_key_changes(change, refused):
+    from meshtron.configs import config_to_dict
+    from meshtron.train.run.checkpoint import check_compatible
+
+    saved = config_to_dict(load_config("tiny", ["model.n_kv_heads=2"]))
+    config = load_config("tiny", ["model.n_kv_heads=2", change])
+    if refused:
+        with pytest.raises(UserError, match=f"cannot resume: the checkpoint has {change.split('=')[0]}="):
+            check_compatible(saved, config)
+    else:
+        check_compatible(saved, config)
+
+
+def test_with_learned_positions_the_sequence_length_is_a_shape_key():
+    from meshtron.configs import config_to_dict
+    from meshtron.train.run.checkpoint import check_compatible
+
+    saved = config_to_dict(load_config("tiny", ["model.family=gpt2"]))
+    with pytest.raises(UserError, match="model.seq_len=128 but the config asks for 64"):
+        check_compatible(saved, load_config("tiny", ["model.family=gpt2", "model.seq_len=64"]))

@@ -39,7 +39,7 @@ def assert_multi_axis_is_scalars(compiled):
 
 
 def paper_data_volume(config, stage: int, data: int) -> float:
-    """REFERENCE §4 with model/counting.py's Ψ: 2Ψ(N-1)/N, or at stage 3 3Ψ for the blocks and 2Ψ for
+    """ZeRO's volumes (Rajbhandari et al. 2020, §7) with model/counting.py's Ψ: 2Ψ(N-1)/N, or at stage 3 3Ψ for the blocks and 2Ψ for
     the embedding, final norm and head (gathered once per step and kept for the backward pass)."""
     counts = count_params(config.model)
     blocks, rest = counts.layers, counts.total - counts.layers

@@ -5,7 +5,7 @@ import pytest
 from meshtron.configs import ConfigError, load_config, preset_names
 from meshtron.model.counting import count_params
 
-PUBLISHED_PARAMS = {  # REFERENCE.md §3
+PUBLISHED_PARAMS = {  # Hugging Face's gpt2 checkpoints and Meta's LLaMA-1 7B, counted parameter by parameter
     "gpt2-124m": 124_439_808,
     "gpt2-350m": 354_823_168,
     "gpt2-774m": 774_030_080,

@@ -20,7 +20,8 @@ from meshtron.train.run.checkpoint import Checkpointer
 from meshtron.train.generate import generate, load_run
 from meshtron.train.hf.export import flatten_params
 from meshtron.train.run.loop import train
-from meshtron.train.run.weights import load_run_params, read_run_config
+from meshtron.train.run.rundir import read_run_config
+from meshtron.train.run.weights import load_run_params
 from meshtron.train.run.step import build_training
 from meshtron.tools.cli import main
 

@@ -1,7 +1,6 @@
 """Peak FLOP/s per device: the published table, matched from jax's device_kind, and the measured fallback."""
 
 import math
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -36,11 +35,8 @@ def test_a_table_device_reports_table_as_the_source():
     assert device_peak(SimpleNamespace(device_kind="NVIDIA H100 80GB HBM3", platform="gpu")) == (989e12, "table")
 
 
-def test_matmul_peak_is_measured_quickly_on_the_cpu():
-    measure_matmul_peak(size=256, repeats=1)  # start JAX outside the timing
-    start = time.perf_counter()
-    flops = measure_matmul_peak()
-    assert time.perf_counter() - start < 2.0
+def test_matmul_peak_is_measured_on_the_cpu():
+    flops = measure_matmul_peak()  # how long it takes is `meshtron bench`'s business, not a unit test's
     assert math.isfinite(flops) and 1e8 < flops < 1e14  # a CPU: more than 0.1 GFLOP/s, less than 100 TFLOP/s
 
 

@@ -15,7 +15,8 @@ import pytest
 from conftest import console_script
 from meshtron.configs import load_config
 from meshtron.train.hf.tokenizer import write_hf_tokenizer
-from meshtron.train.run.weights import load_run_params, read_run_config
+from meshtron.train.run.rundir import read_run_config
+from meshtron.train.run.weights import load_run_params
 from meshtron.train.data.tokenizer import Tokenizer
 
 torch = pytest.importorskip("torch")

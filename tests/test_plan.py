@@ -1,7 +1,6 @@
 """`meshtron plan`: the ZeRO paper's table, formula memory equal to the compiled step's, fit suggestions."""
 
 import json
-import time
 
 import pytest
 
@@ -104,10 +103,14 @@ def test_a_plan_that_does_not_fit_suggests_the_cheapest_change_that_fits(meshtro
 
 
 @pytest.mark.parametrize("preset,devices", [("llama2-70b", 64), ("gpt3-175b", 1024)])
-def test_big_presets_plan_instantly(meshtron_cli, preset, devices):
-    started = time.perf_counter()
+def test_big_presets_plan_from_formulas_without_compiling(meshtron_cli, monkeypatch, preset, devices):
+    import meshtron.train.planner.compiled as compiled
+
+    def must_not_compile(*args, **kwargs):
+        raise AssertionError("a plan without --compile compiled the step")
+
+    monkeypatch.setattr(compiled, "compile_step", must_not_compile)
     report = plan_json(meshtron_cli, "--config", preset, "--devices", devices)
-    assert time.perf_counter() - started < 5
     assert report["params_total"] == count_params(load_config(preset).model).total
     assert report["formula"]["comm_elements"]["tensor"] > 0
 

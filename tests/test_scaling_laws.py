@@ -3,7 +3,6 @@
 import json
 import math
 
-import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
@@ -181,9 +180,3 @@ def test_end_report_measures_mfu_with_the_palm_count():
     text = report.format_end_report(d)
     assert "MFU" in text and "law predicts" in text
 
-
-def test_eta_is_remaining_tokens_over_throughput():
-    start = report.start_report(load_config("tiny"), 1, 1e12)
-    assert report.eta_seconds(start, 1000.0) == pytest.approx(start["tokens"] / 1000)
-    assert report.eta_seconds(start, 1000.0, tokens_done=start["tokens"]) == 0
-    assert np.isinf(report.eta_seconds(start, 0.0))

@@ -49,7 +49,8 @@ def weights_summary(out_dir: Path) -> dict:
 def run(args) -> int:
     """Restore the run's params on one device and write them in the chosen format."""
     from meshtron.train.hf.export import check_exportable, export_hf, export_safetensors
-    from meshtron.train.run.weights import load_run_params, read_run_config
+    from meshtron.train.run.rundir import read_run_config
+    from meshtron.train.run.weights import load_run_params
     from meshtron.train.data.tokenizer import Tokenizer
 
     run_dir, out = Path(args.run_dir), Path(args.out)

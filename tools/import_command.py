@@ -20,7 +20,8 @@ def run(args) -> int:
     from meshtron.configs.errors import UserError
     from meshtron.model.counting import count_params
     from meshtron.train.hf.importer import import_hf, import_tokenizer
-    from meshtron.train.run.weights import check_new_run_dir, imported_config, write_run
+    from meshtron.train.run.rundir import check_new_run_dir
+    from meshtron.train.run.weights import imported_config, write_run
 
     hf_dir, run_dir = Path(args.hf_dir), Path(args.run_dir)
     check_new_run_dir(run_dir)

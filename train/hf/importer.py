@@ -16,8 +16,8 @@ import numpy as np
 from meshtron.configs.errors import ConfigError, UserError
 from meshtron.configs.loader import build_config
 from meshtron.configs.schema import ModelConfig
-from meshtron.train.hf.export import (ARCHITECTURES, GPT2, INDEX_NAME, Architecture, hf_side_shapes, param_shapes,
-                                      unflatten_params, wanted)
+from meshtron.train.hf.architectures import ARCHITECTURES, GPT2, Architecture
+from meshtron.train.hf.export import INDEX_NAME, hf_side_shapes, param_shapes, unflatten_params, wanted
 from meshtron.train.data.tokenizer import Tokenizer
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack")

@@ -3,7 +3,7 @@
 The step is lowered with abstract arguments (shapes, dtypes and shardings only) and compiled
 for the mesh (`jit(...).lower(...).compile()`), so nothing is allocated. Memory comes from
 `memory_analysis()`: its argument size equals the sum of the per-device shards of the
-arguments exactly (REFERENCE §1); its temp size holds activations and every other temporary of
+arguments exactly (tests/test_plan.py checks it); its temp size holds activations and every other temporary of
 XLA's schedule, so it is reported beside the activation formula, not compared with it.
 Communication comes from the optimised HLO through train/planner/hlo.py.
 """

@@ -5,7 +5,7 @@ Model state is counted by walking the real parameter and optimizer-state shapes 
 splitting each tensor by its logical axis names through the rule tables of parallel/rules.py
 and the mesh degrees: the same route the sharded step takes, so it is exact.
 
-Activations follow Korthikanti et al. 2022 (REFERENCE §4), term by term, from the model's
+Activations follow Korthikanti et al. 2022 ("Reducing Activation Recomputation", §4), term by term, from the model's
 shapes, in the variant Meshtron runs: tensor parallel WITHOUT sequence parallelism, so the
 norms' inputs and outputs and the residual dropout masks are not split by the tensor degree.
 

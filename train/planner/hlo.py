@@ -82,9 +82,8 @@ def _axes_of(groups: list[list[int]], mesh_shape: dict[str, int]) -> tuple:
     return tuple(n for n in names if n in varying)
 
 
-def collectives(hlo_text: str, mesh_shape: dict[str, int]) -> list[Collective]:
-    """Every collective in an optimised HLO module, with how often it runs per step."""
-    n_devices = int(np.prod(list(mesh_shape.values())))
+def _computations(hlo_text: str) -> tuple[dict[str, list[str]], str | None]:
+    """({computation name: its instruction lines}, the ENTRY computation's name)."""
     comps: dict[str, list[str]] = {}
     entry, current = None, None
     for line in hlo_text.splitlines():
@@ -100,7 +99,11 @@ def collectives(hlo_text: str, mesh_shape: dict[str, int]) -> list[Collective]:
                 current = None
             else:
                 comps[current].append(line)
+    return comps, entry
 
+
+def _runs_per_step(comps: dict[str, list[str]], entry: str | None) -> dict[str, int]:
+    """How many times each computation runs per call of the entry (loop bodies times their trip counts)."""
     calls: dict[str, list[tuple[str, int]]] = defaultdict(list)  # computation -> (callee, multiplier)
     for name, lines in comps.items():
         for line in lines:
@@ -123,6 +126,18 @@ def collectives(hlo_text: str, mesh_shape: dict[str, int]) -> list[Collective]:
             visit(callee, times * trips, depth + 1)
 
     visit(entry or next(iter(comps)), 1)
+    return multiplier
+
+
+def _elements(dims: str) -> int:
+    return int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
+
+
+def collectives(hlo_text: str, mesh_shape: dict[str, int]) -> list[Collective]:
+    """Every collective in an optimised HLO module, with how often it runs per step."""
+    n_devices = int(np.prod(list(mesh_shape.values())))
+    comps, entry = _computations(hlo_text)
+    multiplier = _runs_per_step(comps, entry)
     found = []
     for name, lines in comps.items():
         times = multiplier.get(name, 0)
@@ -138,10 +153,8 @@ def collectives(hlo_text: str, mesh_shape: dict[str, int]) -> list[Collective]:
                 # async starts return (operand, result) tuples: count the result half only
                 if "-start(" in line and len(shapes) >= 2:
                     shapes = shapes[len(shapes) // 2:]
-            elements = sum(int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
-                           for _, dims in shapes)
-            nbytes = sum((int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1) * _BYTES[t]
-                         for t, dims in shapes)
+            elements = sum(_elements(dims) for _, dims in shapes)
+            nbytes = sum(_elements(dims) * _BYTES[t] for t, dims in shapes)
             groups = _parse_groups(line, n_devices)
             found.append(Collective(kind=kind, elements=elements, bytes=nbytes, group_size=len(groups[0]),
                                     axes=_axes_of(groups, mesh_shape), count=times, name=m.group(1)))

@@ -17,12 +17,15 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
 
 from meshtron.configs.errors import UserError
-from meshtron.configs.loader import config_to_dict
-from meshtron.configs.schema import Config
+from meshtron.configs.loader import config_from_dict, config_to_dict
+from meshtron.configs.schema import Config, shape_keys
+from meshtron.parallel.zero import logical_names
 
 CHECKPOINT_DIR = "checkpoints"
+VOCAB = "vocab"  # the logical axis whose padded length may differ between meshes
 
 
 def checkpoint_meta(config: Config, step: int, tokenizer_bytes: bytes, vocab_rows: int) -> dict:
@@ -108,17 +111,11 @@ class Checkpointer:
         self.manager.close()
 
 
-# Keys whose change alters the parameters' shapes or structure: a checkpoint cannot continue under them.
-SHAPE_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size", "position", "norm",
-              "mlp", "bias", "tie_embeddings", "parallel_block", "scan_layers")
-
-
 def check_compatible(saved: dict, config: Config) -> None:
-    """Refuse, before loading anything, a resume whose model differs from the checkpoint's."""
-    from meshtron.configs.loader import config_from_dict
-
+    """Refuse, before loading anything, a resume whose model differs from the checkpoint's in a key that
+    defines the parameters' shapes (marked `shape` in configs/schema.py)."""
     before = config_from_dict(saved).model
-    for key in SHAPE_KEYS + (("seq_len",) if config.model.position == "learned" else ()):
+    for key in shape_keys(config.model):
         old, new = getattr(before, key), getattr(config.model, key)
         if old != new:
             raise UserError(f"cannot resume: the checkpoint has model.{key}={old} but the config asks for {new}; "
@@ -133,22 +130,26 @@ def _as_saved(abstract, want_rows: int, saved_rows: int):
     """(`abstract` with the checkpoint's vocabulary rows, a function re-padding restored arrays to `abstract`)."""
     if not saved_rows or saved_rows == want_rows:
         return abstract, lambda restored: restored
-    target = jax.tree.map(lambda x: _with_rows(x, want_rows, saved_rows), abstract)
-    return target, lambda restored: jax.tree.map(lambda x, want: _resize_rows(x, want, saved_rows), restored, abstract)
+    axes = _vocab_axes(abstract)
+    target = jax.tree.map(lambda x, axis: _with_rows(x, axis, saved_rows), abstract, axes)
+    return target, lambda restored: jax.tree.map(lambda x, want, axis: _resize_rows(x, want, axis, saved_rows),
+                                                 restored, abstract, axes)
 
 
-def _vocab_axis(shape: tuple, rows: int) -> int | None:
-    # the vocabulary axis is the first whose length equals the padded row count (embedding: 0, head: last)
-    matches = [i for i, n in enumerate(shape) if n == rows]
-    return matches[0] if matches else None
+def _vocab_axes(abstract):
+    """`abstract` with each leaf replaced by the axis its parameter names `vocab` (-1: none), read from the
+    logical names the model gave it (never guessed from lengths: d_model may equal the padded rows)."""
+    def axis_of(x):
+        if not isinstance(x, nnx.Variable):
+            return -1
+        names = logical_names(x)
+        return x.replace(names.index(VOCAB) if VOCAB in names else -1)
+    return jax.tree.map(axis_of, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def _with_rows(x, want_rows: int, saved_rows: int):
+def _with_rows(x, axis: int, saved_rows: int):
     """An abstract target with the saved row count on the vocabulary axis (replicated along it)."""
-    if not isinstance(x, jax.ShapeDtypeStruct):
-        return x
-    axis = _vocab_axis(x.shape, want_rows)
-    if axis is None:
+    if not isinstance(x, jax.ShapeDtypeStruct) or axis < 0:
         return x
     shape = x.shape[:axis] + (saved_rows,) + x.shape[axis + 1:]
     spec = list(x.sharding.spec) + [None] * (len(shape) - len(x.sharding.spec))
@@ -157,10 +158,9 @@ def _with_rows(x, want_rows: int, saved_rows: int):
     return jax.ShapeDtypeStruct(shape, x.dtype, sharding=sharding)
 
 
-def _resize_rows(x, want, saved_rows: int):
-    if not isinstance(want, jax.ShapeDtypeStruct) or x.shape == want.shape:
+def _resize_rows(x, want, axis: int, saved_rows: int):
+    if not isinstance(want, jax.ShapeDtypeStruct) or axis < 0 or x.shape == want.shape:
         return x
-    axis = _vocab_axis(x.shape, saved_rows)
     keep = min(saved_rows, want.shape[axis])
     host = np.asarray(jax.device_get(x))
     trimmed = np.take(host, np.arange(keep), axis=axis)

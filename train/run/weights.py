@@ -15,28 +15,15 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import yaml
 from flax import nnx
 
 from meshtron.configs.errors import UserError
 from meshtron.configs.loader import config_from_dict, config_to_dict, load_config, validate
 from meshtron.configs.schema import Config, ModelConfig
 from meshtron.train.run.checkpoint import Checkpointer, checkpoint_meta
+from meshtron.train.run.rundir import atomic_dir, read_run_config, write_config
 from meshtron.train.run.step import Training, build_training
 from meshtron.train.data.tokenizer import Tokenizer
-
-# What Meshtron writes in a run directory (the lock files aside)
-RUN_FILES = ("config.yaml", "metrics.jsonl", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-             "checkpoints", "tensorboard")
-
-
-def read_run_config(run_dir: Path) -> Config:
-    """The resolved config a run directory was trained with (its config.yaml)."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a Meshtron run directory (no config.yaml)")
-    return config_from_dict(yaml.safe_load(path.read_text()))
-
 
 def single_device_training(config: Config) -> Training:
     """`config`'s model and optimizer on a mesh of the first device, unsharded (ZeRO stage 0)."""
@@ -88,16 +75,6 @@ def load_run_params(run_dir: Path, step: int | None = None) -> RunParams:
     return RunParams(config=config, step=step, training=training, params=params)
 
 
-def check_new_run_dir(run_dir: Path) -> None:
-    """Refuse a --run-dir that holds a run (or anything else): import never writes over a user's files."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--run-dir {run_dir} is a file; give a new directory")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        what = "holds a Meshtron run" if any((run_dir / n).exists() for n in RUN_FILES) else "is not empty"
-        raise UserError(f"--run-dir {run_dir} {what}; give a new or empty directory")
-
-
 def imported_config(model_cfg: ModelConfig) -> Config:
     """An imported model with the tiny preset's train, data and checkpoint settings. Training it keeps the
     tokenizer saved in the run directory (a run always does), never one trained on new text."""
@@ -113,8 +90,6 @@ def imported_config(model_cfg: ModelConfig) -> Config:
 def write_run(run_dir: Path, config: Config, params: dict, tokenizer: Tokenizer) -> None:
     """Write a new run directory: config.yaml, the tokenizer and a step-0 checkpoint of `params` (a pure dict,
     vocabulary padded for one device) with a fresh optimizer state."""
-    from meshtron.train.hf.export import atomic_dir
-
     training = single_device_training(config)
     abstract_params, _ = training.abstract_state()
     state = jax.tree.map(lambda x: x, abstract_params)  # a copy to fill in
@@ -123,7 +98,7 @@ def write_run(run_dir: Path, config: Config, params: dict, tokenizer: Tokenizer)
                          abstract_params)
     opt_state = training.init_opt_state(state)
     with atomic_dir(run_dir) as tmp:  # a failed import leaves no half-written run behind
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        write_config(tmp, config)
         tokenizer.save_to(tmp)
         ckpt = Checkpointer(tmp, async_save=False)
         ckpt.save(0, state, opt_state, checkpoint_meta(config, 0, tokenizer.model_bytes(), training.vocab_rows),

@@ -273,6 +273,7 @@ def _read_run_dir(path) -> tuple:
     """(N, D, eval loss, source) of a run directory: N exact from its config, D from steps x batch x seq_len."""
     from meshtron.configs import config_from_dict
     from meshtron.model.counting import count_params  # here: meshtron.model loads Flax, JSONL fits need not
+    from meshtron.train.run.metrics import read_metrics
 
     try:
         raw = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
@@ -285,11 +286,7 @@ def _read_run_dir(path) -> tuple:
     if not metrics.is_file():
         raise UserError(f"{path}: no metrics.jsonl; is it a finished Meshtron run?")
     last = None
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash; the earlier lines still count
+    for record in read_metrics(path):  # a line cut short by a crash is skipped; the earlier lines still count
         if isinstance(record, dict) and isinstance(record.get("eval_loss"), (int, float)):
             last = record
     if last is None:

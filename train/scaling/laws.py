@@ -78,7 +78,7 @@ class Law:
 
 
 LAWS = {
-    # Full precision from the paper's source (REFERENCE.md §3); reproduces "40B for the Gopher budget".
+    # Full precision from the paper's source (Hoffmann et al. 2022, log A, log B, log E as fitted); reproduces "40B for the Gopher budget".
     "hoffmann": Law.from_logs(a=6.0073404, b=6.0179186, e=0.5267228, alpha=0.33917084, beta=0.2849083,
                               name="hoffmann"),
     # As printed in App. D.2 (Eq. 10); N_opt at the Gopher budget comes out near 32B, not 40B.

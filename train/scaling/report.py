@@ -119,10 +119,3 @@ def format_end_report(d: dict) -> str:
         f"  achieved {human(d['achieved_flops_per_second'], 'FLOP/s')}, MFU {100 * d['mfu']:.1f}%",
         "  loss: " + (", ".join(losses) if losses else "not measured"),
     ])
-
-
-def eta_seconds(start: dict, tokens_per_s: float, tokens_done: int = 0) -> float:
-    """Seconds left for the planned tokens at the measured throughput."""
-    if tokens_per_s <= 0:
-        return float("inf")
-    return max(0.0, start["tokens"] - tokens_done) / tokens_per_s
