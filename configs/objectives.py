@@ -42,6 +42,13 @@ def check_architecture(config) -> None:
     """model.arch, train.objective and the switches only some architectures have: one-line ConfigErrors naming
     the key, before anything is built or compiled."""
     m, t = config.model, config.train
+    from meshtron.configs.schema import FAMILY_DEFAULTS
+
+    family_arch = FAMILY_DEFAULTS[m.family].get("arch", "decoder")
+    if m.arch != family_arch:
+        family = {"encoder": "bert", "encoder_decoder": "t5 or transformer", "decoder": "gpt2, llama or palm"}[m.arch]
+        raise ConfigError(f"config key 'model.arch': model.family={m.family} is a {family_arch} family; use "
+                          f"model.family={family} for model.arch={m.arch}")
     fits = ARCH_OBJECTIVES[m.arch]
     if t.objective not in fits:
         other = next(a for a, objs in ARCH_OBJECTIVES.items() if t.objective in objs)

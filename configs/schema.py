@@ -22,6 +22,14 @@ FAMILY_DEFAULTS = {
                   parallel_block=False),
     "palm": dict(position="rope", norm="layernorm", mlp="swiglu", bias=False, tie_embeddings=True,
                  parallel_block=True),
+    # encoder-only and encoder-decoder families (model.arch follows the family)
+    "bert": dict(arch="encoder", position="learned", norm="layernorm", mlp="gelu_exact", bias=True,
+                 tie_embeddings=True, parallel_block=False, post_norm=True, embed_norm=True, type_vocab_size=2,
+                 norm_eps=1e-12),
+    "t5": dict(arch="encoder_decoder", position="relative", norm="rmsnorm", mlp="relu", bias=False,
+               tie_embeddings=True, parallel_block=False, norm_eps=1e-6),
+    "transformer": dict(arch="encoder_decoder", position="sinusoidal", norm="layernorm", mlp="relu", bias=True,
+                        tie_embeddings=True, parallel_block=False, post_norm=True),
 }
 
 
@@ -55,7 +63,8 @@ def key(default, *, choices: tuple = (), check: Check | None = None, shape=False
 @dataclass(frozen=True)
 class ModelConfig:
     family: str = key("gpt2", choices=tuple(FAMILY_DEFAULTS))
-    """Model family whose defaults fill the switches below: gpt2 | gpt3 | llama | palm."""
+    """Model family whose defaults fill the switches below: gpt2 | gpt3 | llama | palm (decoders) | bert (encoder) |
+    t5 | transformer (Vaswani et al.) (encoder-decoders)."""
     n_layers: int = key(2, check=POSITIVE, shape=True)
     """Number of transformer blocks."""
     d_model: int = key(128, check=POSITIVE, shape=True)
@@ -110,7 +119,7 @@ class ModelConfig:
     vocab_multiple: int = key(128, check=POSITIVE)
     """Pad the embedding rows to a multiple of this times the tensor degree (Megatron style)."""
     arch: str = key("decoder", choices=("decoder", "encoder", "encoder_decoder"), shape=True)
-    """Architecture: decoder (GPT, LLaMA) | encoder (BERT: bidirectional, MLM head) | encoder_decoder (T5, Transformer)."""
+    """Architecture: decoder | encoder (bidirectional, MLM head) | encoder_decoder; set by model.family."""
     n_decoder_layers: int | None = key(None, check=POSITIVE_OR_UNSET, shape=True)
     """Decoder blocks of an encoder_decoder; default n_layers (n_layers counts the encoder's)."""
     post_norm: bool = key(False, shape=True)

@@ -54,17 +54,18 @@ class Block(nnx.Module):
         self.mlp_norm = None if cfg.parallel_block else Norm(cfg)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, cache=None, cache_index=None, dropout_key=None):
+    def __call__(self, x: jax.Array, positions: jax.Array, cache=None, cache_index=None, dropout_key=None,
+                 mask=None):
         """x (B, T, E) -> (B, T, E), new_cache."""
         keys = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
         if self.parallel:
             h = spmd.enter_split(self.attn_norm(x), "heads", "kv_heads", "mlp")  # one "f" for both branches
-            a, new_cache = self.attn(h, positions, cache, cache_index, reduce=False)
+            a, new_cache = self.attn(h, positions, cache, cache_index, reduce=False, mask=mask)
             m = self.mlp(h, reduce=False)
             # one all-reduce for both branches (heads and mlp are split over the same devices)
             y = spmd.sum_over(a + m, "heads", "mlp") + self.attn.output_bias(a.dtype) + self.mlp.output_bias(a.dtype)
             return x + dropout(y, self.rate, keys[0]), new_cache
-        a, new_cache = self.attn(self.attn_norm(x), positions, cache, cache_index)
+        a, new_cache = self.attn(self.attn_norm(x), positions, cache, cache_index, mask=mask)
         x = x + dropout(a, self.rate, keys[0])
         x = x + dropout(self.mlp(self.mlp_norm(x)), self.rate, keys[1])
         return x, new_cache

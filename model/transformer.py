@@ -74,13 +74,13 @@ class Transformer(nnx.Module):
                                 (cfg.d_model, self.vocab_rows), ("embed", "vocab"), cfg))
 
     # -- the trunk ---------------------------------------------------------------------------
-    def _run_blocks(self, x, positions, cache, cache_index, dropout_key):
+    def _run_blocks(self, x, positions, cache, cache_index, dropout_key, mask=None):
         cfg = self.cfg
         keys = jax.random.split(dropout_key, cfg.n_layers) if dropout_key is not None else None
 
         def layer(x, block, layer_cache, key):
             block = spmd.gathered(block)  # ZeRO-3: this block's full weights, only now
-            return block(x, positions, layer_cache, cache_index, key)
+            return block(x, positions, layer_cache, cache_index, key, mask)
 
         layer = nnx.remat(layer, policy=remat_policy(cfg.remat)) if cfg.remat != "none" or _zero3() else layer
         if not cfg.scan_layers:
@@ -99,7 +99,7 @@ class Transformer(nnx.Module):
 
         return scan(x, self.blocks, cache, keys)
 
-    def hidden(self, tokens, positions=None, cache=None, cache_index=None, dropout_key=None):
+    def hidden(self, tokens, positions=None, cache=None, cache_index=None, dropout_key=None, prefix=None):
         """Final normalised hidden states (B, T, E), the output matrix (E, V) and the new cache."""
         cfg = self.cfg
         dtype = compute_dtype(cfg)
@@ -114,7 +114,7 @@ class Transformer(nnx.Module):
             x = x + sinusoidal_positions(positions, cfg.d_model).astype(dtype)
         keys = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
         x = dropout(x, cfg.dropout, keys[0])
-        x, new_cache = self._run_blocks(x, positions, cache, cache_index, keys[1])
+        x, new_cache = self._run_blocks(x, positions, cache, cache_index, keys[1], prefix_mask(prefix, tokens.shape[1]))
         x = spmd.gathered(self.final_norm)(x)
         out = embed.tokens[...].T if self.head is None else spmd.gathered(self.head)[...]
         return x, out.astype(dtype), new_cache
@@ -126,10 +126,10 @@ class Transformer(nnx.Module):
         logits = jnp.einsum("bte,ev->btv", x, out, preferred_element_type=jnp.float32)
         return logits, new_cache
 
-    def token_losses(self, tokens, targets, dropout_key=None):
+    def token_losses(self, tokens, targets, dropout_key=None, prefix=None):
         """Next-token cross-entropy per position (B, T), float32; logits are never whole in memory
         when model.logits_chunk is set (chunks of the sequence, recomputed in the backward pass)."""
-        x, out, _ = self.hidden(tokens, dropout_key=dropout_key)
+        x, out, _ = self.hidden(tokens, dropout_key=dropout_key, prefix=prefix)
         vocab = self.cfg.vocab_size
 
         def chunk_loss(x_chunk, t_chunk):
@@ -151,6 +151,15 @@ class Transformer(nnx.Module):
         shape = (cfg.n_layers, batch, length, cfg.kv_heads, cfg.dim_per_head)
         dtype = dtype or compute_dtype(cfg)
         return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def prefix_mask(prefix, length: int):
+    """Prefix LM attention (B, 1, T, T): positions < prefix (B,) are seen from everywhere, the rest causally;
+    None (plain causal attention) without a prefix."""
+    if prefix is None:
+        return None
+    pos = jnp.arange(length)
+    return ((pos[None, :] <= pos[:, None])[None] | (pos[None, None, :] < prefix[:, None, None]))[:, None]
 
 
 def _zero3() -> bool:

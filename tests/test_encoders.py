@@ -9,7 +9,7 @@ from flax import nnx
 
 from meshtron.configs import load_config
 from meshtron.configs.objectives import span_corruption_lengths
-from meshtron.model.architectures import build_any
+from meshtron.model.families import build
 from meshtron.model.counting import count_params
 from meshtron.model.relative_position import relative_bucket
 from meshtron.model.seq_counting import with_pooler
@@ -17,15 +17,10 @@ from meshtron.train.data import objectives
 
 from conftest import TINY
 
-BERT = ["model.arch=encoder", "model.family=gpt2", "model.post_norm=true", "model.embed_norm=true",
-        "model.type_vocab_size=2", "model.mlp=gelu_exact", "model.norm_eps=1e-12", "model.max_positions=40",
-        "train.objective=mlm"]
-T5 = ["model.arch=encoder_decoder", "model.family=llama", "model.position=relative", "model.mlp=relu",
-      "model.tie_embeddings=true", "model.n_decoder_layers=3", "model.norm_eps=1e-6", "model.relative_buckets=8",
-      "model.relative_max_distance=20", "train.objective=span_corruption"]
-T5V11 = [o for o in T5 if "mlp" not in o and "tie" not in o] + ["model.mlp=geglu", "model.tie_embeddings=false"]
-VASWANI = ["model.arch=encoder_decoder", "model.family=gpt2", "model.position=sinusoidal", "model.mlp=relu",
-           "model.post_norm=true", "train.objective=span_corruption"]
+BERT = ["model.family=bert", "model.max_positions=40"]
+T5 = ["model.family=t5", "model.n_decoder_layers=3", "model.relative_buckets=8", "model.relative_max_distance=20"]
+T5V11 = T5 + ["model.mlp=geglu", "model.tie_embeddings=false"]
+VASWANI = ["model.family=transformer"]
 
 
 def config(*overrides):
@@ -34,7 +29,7 @@ def config(*overrides):
 
 def perturbed(cfg, seed=1):
     """A model whose biases and norms are random too, so a wrong mapping cannot hide behind zeros and ones."""
-    model = build_any(cfg, seed=seed)
+    model = build(cfg, seed=seed)
     leaves, tree = jax.tree.flatten(nnx.state(model))
     keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
     nnx.update(model, jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]))
@@ -207,7 +202,7 @@ def test_preset_counts_equal_transformers():
                          ids=["bert", "t5", "t5v11", "vaswani", "relative-encoder"])
 def test_count_equals_the_arrays_the_model_holds(overrides):
     cfg = config(*overrides)
-    model = build_any(cfg, vocab_rows=cfg.vocab_size)
+    model = build(cfg, vocab_rows=cfg.vocab_size)
     assert count_params(cfg).total == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model)))
 
 
@@ -239,3 +234,33 @@ def test_exports_load_in_transformers_with_equal_logits_and_import_back(kind, tm
     assert set(back) == set(mine)
     for key, value in mine.items():
         np.testing.assert_array_equal(back[key], value, err_msg=key)
+
+
+def test_prefix_lm_reads_the_prefix_both_ways_and_the_rest_causally():
+    cfg = config("model.family=llama", "train.objective=prefix_lm")
+    model = build(cfg, seed=2)
+    x = jnp.asarray(tokens((1, 16)))
+    losses = nnx.jit(lambda m, t, p: m.hidden(t, prefix=p)[0])
+    changed = x.at[:, 5].set((x[:, 5] + 7) % 400)
+    a = np.asarray(losses(model, x, jnp.array([8])))
+    b = np.asarray(losses(model, changed, jnp.array([8])))
+    assert np.abs(a[:, :5] - b[:, :5]).max() > 1e-5  # inside the prefix, a later token is seen
+    changed = x.at[:, 12].set((x[:, 12] + 7) % 400)
+    b = np.asarray(losses(model, changed, jnp.array([8])))
+    np.testing.assert_allclose(a[:, :12], b[:, :12], atol=1e-6)  # after it, attention stays causal
+    causal = np.asarray(nnx.jit(lambda m, t: m.hidden(t)[0])(model, x))
+    np.testing.assert_allclose(np.asarray(losses(model, x, jnp.array([1]))), causal, atol=1e-6)
+
+
+def test_objectives_that_do_not_fit_are_one_line_errors():
+    from meshtron.configs import ConfigError
+
+    cases = [(["train.objective=mlm"], "train.objective"),  # mlm on a decoder
+             (["model.family=bert", "train.objective=span_corruption"], "train.objective"),
+             (["model.family=t5", "model.vocab_size=300"], "model.vocab_size"),  # no room for 100 sentinels
+             (["model.family=t5", "model.seq_len=4"], "model.seq_len"),
+             (["model.family=gpt2", "model.arch=encoder"], "model.arch")]
+    for overrides, key in cases:
+        with pytest.raises(ConfigError) as err:
+            load_config("tiny", TINY + overrides)
+        assert key in str(err.value) and "\n" not in str(err.value), overrides

@@ -159,3 +159,38 @@ def _our_shape(cfg: ModelConfig, key: str, hf_shape: tuple) -> tuple:
     if leaf.endswith("_bias") and leaf[0] in "qkv":
         return (H, D)
     return tuple(hf_shape)
+
+
+def import_seq_hf(hf_dir: Path, config: dict) -> tuple[ModelConfig, dict]:
+    """A Hugging Face BERT / T5 directory -> (validated ModelConfig, nested params with padded vocabulary)."""
+    from safetensors import safe_open
+
+    from meshtron.configs import build_config
+    from meshtron.configs.errors import ConfigError
+    from meshtron.train.hf.export import unflatten_params
+
+    base = build_config({"model.family": config.get("model_type")}).model
+    cfg = seq_config_from_hf(config, base)
+    try:
+        cfg = build_config({f"model.{k}": v for k, v in dataclasses.asdict(cfg).items()}).model
+    except ConfigError as e:
+        raise UserError(f"config.json does not make a valid Meshtron model: {e}") from None
+    files = sorted(Path(hf_dir).glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{hf_dir} has no safetensors weights (Meshtron never opens pickles)")
+    handles = [safe_open(str(f), framework="numpy") for f in files]
+
+    def get(name):
+        for h in handles:
+            if name in h.keys():
+                return h.get_tensor(name)
+        return None
+
+    flat = seq_params_from_hf(cfg, get)
+    extra = cfg.padded_vocab() - cfg.vocab_size
+    for key, axis in (("embed.tokens", 0), ("mlm.bias", 0), ("head", 1)):
+        if key in flat:
+            pad = [(0, 0)] * flat[key].ndim
+            pad[axis] = (0, extra)
+            flat[key] = np.pad(flat[key], pad)
+    return cfg, unflatten_params(flat)

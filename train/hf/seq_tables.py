@@ -12,6 +12,9 @@ from meshtron.model.encoder_decoder import decoder_layers
 from meshtron.train.hf.export import HFTensor
 
 
+SEQ_MODEL_TYPES = ("bert", "t5")
+
+
 def _t(name, *ours, n_in=0, transpose=False):
     return HFTensor(name, tuple(ours), n_in, transpose)
 
@@ -86,11 +89,11 @@ def stack_layers(cfg: ModelConfig, tensor: HFTensor) -> int:
 BERT_KEYS = {"num_hidden_layers": "n_layers", "hidden_size": "d_model", "num_attention_heads": "n_heads",
              "intermediate_size": "d_ff", "vocab_size": "vocab_size", "max_position_embeddings": "max_positions",
              "type_vocab_size": "type_vocab_size", "layer_norm_eps": "norm_eps", "initializer_range": "init_std"}
-BERT_SWITCHES = dict(arch="encoder", position="learned", norm="layernorm", mlp="gelu_exact", bias=True,
+BERT_SWITCHES = dict(family="bert", arch="encoder", position="learned", norm="layernorm", mlp="gelu_exact", bias=True,
                      post_norm=True, embed_norm=True, tie_embeddings=True, parallel_block=False)
 T5_KEYS = {"num_layers": "n_layers", "num_decoder_layers": "n_decoder_layers", "d_model": "d_model",
            "num_heads": "n_heads", "d_kv": "head_dim", "d_ff": "d_ff", "vocab_size": "vocab_size",
            "relative_attention_num_buckets": "relative_buckets",
            "relative_attention_max_distance": "relative_max_distance", "layer_norm_epsilon": "norm_eps"}
-T5_SWITCHES = dict(arch="encoder_decoder", position="relative", norm="rmsnorm", bias=False, post_norm=False,
+T5_SWITCHES = dict(family="t5", arch="encoder_decoder", position="relative", norm="rmsnorm", bias=False, post_norm=False,
                    embed_norm=False, parallel_block=False, type_vocab_size=0)

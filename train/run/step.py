@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from meshtron.configs.schema import Config
 from meshtron.model.layers import compute_dtype
-from meshtron.model.architectures import model_class
+from meshtron.model.families import family
 from meshtron.parallel import spmd, zero
 from meshtron.parallel.mesh import MeshShape
 from meshtron.parallel.rules import BATCH_AXES, Rules, rules_for
@@ -73,7 +73,7 @@ class Training:
 
         @partial(jax.jit, out_shardings=_named(self.mesh, self.param_specs))
         def create():
-            return nnx.split(model_class(cfg)(cfg, nnx.Rngs(params=seed), rows))[1]
+            return nnx.split(family(cfg).module(cfg, nnx.Rngs(params=seed), rows))[1]
 
         return create()
 
@@ -200,7 +200,7 @@ def build_training(config: Config, mesh: jax.sharding.Mesh, shape: MeshShape) ->
     """Abstract model, rule tables and optimizer for `config` on `mesh` (nothing allocated yet)."""
     rules = rules_for(config.parallel.zero_stage)
     vocab_rows = config.model.padded_vocab(shape.tensor)
-    abstract = nnx.eval_shape(lambda: model_class(config.model)(config.model, nnx.Rngs(params=0), vocab_rows))
+    abstract = nnx.eval_shape(lambda: family(config.model).module(config.model, nnx.Rngs(params=0), vocab_rows))
     graphdef, abstract_params = nnx.split(abstract)
     tx = make_optimizer(config.train)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
