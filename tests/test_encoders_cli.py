@@ -15,7 +15,7 @@ from meshtron.train.run.loop import train
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-SMALL = ["model.n_layers=1", "train.steps=2", "train.batch_size=4", "model.vocab_size=612"]
+SMALL = ["model.n_layers=1", "train.steps=2", "model.vocab_size=612"]
 
 
 @pytest.fixture(scope="module", params=["bert", "t5"])
@@ -65,7 +65,7 @@ def test_export_matches_transformers_and_imports_back(run, meshtron_cli):
             theirs = hf(input_ids=torch.tensor(tokens), decoder_input_ids=torch.tensor(tokens[:, :7])).logits.numpy()
             ours = np.asarray(model(jnp.asarray(tokens), jnp.asarray(tokens[:, :7])))[..., :config.model.vocab_size]
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
-    code, _, err = meshtron_cli("import", root / "hf", root / "imported")
+    code, _, err = meshtron_cli("import", root / "hf", "--run-dir", root / "imported")
     assert code == 0, err
     back, _, imported, _ = load_run(root / "imported")
     assert imported.model.arch == config.model.arch and imported.train.objective == config.train.objective
