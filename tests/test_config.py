@@ -35,11 +35,6 @@ def test_gpt3_175b_is_175_billion():
     assert 174.5e9 < count_params(load_config("gpt3-175b").model).total < 175.5e9
 
 
-def test_llama2_70b_uses_grouped_query_attention():
-    m = load_config("llama2-70b").model
-    assert (m.n_heads, m.kv_heads) == (64, 8)
-
-
 def test_overrides_are_typed():
     c = load_config("tiny", ["train.lr=3e-4", "train.steps=1e3", "model.dropout=0.1", "model.bias=true",
                              "data.source=/tmp/x"])

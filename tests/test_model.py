@@ -10,6 +10,7 @@ from flax import nnx
 from meshtron.configs import load_config
 from meshtron.model import build_model
 from meshtron.model.counting import count_params
+from meshtron.model.families import FAMILIES as REGISTERED
 from meshtron.model.layers import apply_rope
 
 from conftest import TINY
@@ -23,8 +24,9 @@ def logits_of(model, tokens):
     return np.asarray(model(jnp.asarray(tokens))[0])
 
 
-FAMILIES = [("model.family=gpt2",), ("model.family=llama",), ("model.family=palm",),
-            ("model.family=gpt2", "model.position=sinusoidal")]
+# every registered family (model/families.py), and the one switch no family sets by default
+FAMILIES = ([(f"model.family={name}",) for name in sorted(REGISTERED)]
+            + [("model.family=gpt2", "model.position=sinusoidal")])
 
 
 @pytest.mark.parametrize("switches", FAMILIES)
