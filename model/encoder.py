@@ -49,6 +49,19 @@ class SeqEmbedding(nnx.Module):
         return x if self.norm is None else self.norm(x)
 
 
+def encode_stack(cfg: ModelConfig, x, positions, relative, blocks, final_norm, mask, dropout_key):
+    """Embedded x (B, T, E) through a bidirectional stack (relative bias, padding mask), then its final norm."""
+    T = x.shape[1]
+    bias = None if relative is None else spmd.gathered(relative)(jnp.arange(T), T, x.dtype)
+    attn_mask = padding_mask(mask, T)
+
+    def call(block, x, _, key):
+        return block(x, attn_mask, bias, positions=positions, dropout_key=key)
+
+    x, _ = run_stack(cfg, blocks, cfg.n_layers, x, call, dropout_key=dropout_key)
+    return x if final_norm is None else spmd.gathered(final_norm)(x)
+
+
 class MLMHead(nnx.Module):
     """BERT's prediction head: dense (E, E) + activation + norm; the output layer is the token embedding."""
 
@@ -80,18 +93,10 @@ class Encoder(nnx.Module):
     def hidden(self, tokens, mask=None, types=None, dropout_key=None):
         """Final hidden states (B, T, E) (before the MLM head). mask: (B, T) bool, False on padding."""
         cfg = self.cfg
-        T = tokens.shape[1]
-        positions = jnp.broadcast_to(jnp.arange(T), tokens.shape)
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         keys = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
         x = dropout(spmd.gathered(self.embed)(cfg, tokens, positions, types), cfg.dropout, keys[0])
-        bias = None if self.relative is None else spmd.gathered(self.relative)(jnp.arange(T), T, x.dtype)
-        attn_mask = padding_mask(mask, T)
-
-        def call(block, x, _, key):
-            return block(x, attn_mask, bias, positions=positions, dropout_key=key)
-
-        x, _ = run_stack(cfg, self.blocks, cfg.n_layers, x, call, dropout_key=keys[1])
-        return x if self.final_norm is None else spmd.gathered(self.final_norm)(x)
+        return encode_stack(cfg, x, positions, self.relative, self.blocks, self.final_norm, mask, keys[1])
 
     def _logits(self, x):
         head = spmd.gathered(self.mlm)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from meshtron.configs.schema import ModelConfig
-from meshtron.model.encoder import SeqEmbedding
+from meshtron.model.encoder import SeqEmbedding, encode_stack
 from meshtron.model.layers import Norm, compute_dtype, dropout, make_param
 from meshtron.model.relative_position import RelativeBias
 from meshtron.model.seq_block import SeqBlock, causal_mask, padding_mask
@@ -62,19 +62,11 @@ class EncoderDecoder(nnx.Module):
 
     def encode(self, inputs, mask=None, dropout_key=None):
         """Encoder output (B, S, E). mask: (B, S) bool, False on padding."""
-        cfg = self.cfg
-        S = inputs.shape[1]
-        positions = jnp.broadcast_to(jnp.arange(S), inputs.shape)
+        positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
         keys = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
         x = self._embed(inputs, positions, keys[0])
-        bias = None if self.encoder_bias is None else spmd.gathered(self.encoder_bias)(jnp.arange(S), S, x.dtype)
-        attn_mask = padding_mask(mask, S)
-
-        def call(block, x, _, key):
-            return block(x, attn_mask, bias, positions=positions, dropout_key=key)
-
-        x, _ = run_stack(cfg, self.encoder_blocks, cfg.n_layers, x, call, dropout_key=keys[1])
-        return x if self.encoder_norm is None else spmd.gathered(self.encoder_norm)(x)
+        return encode_stack(self.cfg, x, positions, self.encoder_bias, self.encoder_blocks, self.encoder_norm, mask,
+                            keys[1])
 
     def cross_kv(self, memory) -> dict:
         """Cross-attention keys and values of every decoder layer, computed once: k, v (L, B, S, K, D)."""

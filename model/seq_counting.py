@@ -76,4 +76,4 @@ def seq_flops_per_token(cfg: ModelConfig, counts) -> dict[str, float]:
     L_dec = cfg.n_decoder_layers or cfg.n_layers
     encoder = S * (6.0 * cfg.n_layers * block + 12.0 * cfg.n_layers * H * D * S)
     decoder = U * (6.0 * (L_dec * (block + _attention(cfg)) + E * V) + 12.0 * L_dec * H * D * (U + S))
-    return {"6N": 6.0 * counts.total * (S + U) / S, "palm": (encoder + decoder) / S}
+    return {"6N": 6.0 * counts.total, "palm": (encoder + decoder) / S}

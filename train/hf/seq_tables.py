@@ -95,5 +95,5 @@ T5_KEYS = {"num_layers": "n_layers", "num_decoder_layers": "n_decoder_layers", "
            "num_heads": "n_heads", "d_kv": "head_dim", "d_ff": "d_ff", "vocab_size": "vocab_size",
            "relative_attention_num_buckets": "relative_buckets",
            "relative_attention_max_distance": "relative_max_distance", "layer_norm_epsilon": "norm_eps"}
-T5_SWITCHES = dict(family="t5", arch="encoder_decoder", position="relative", norm="rmsnorm", bias=False, post_norm=False,
-                   embed_norm=False, parallel_block=False, type_vocab_size=0)
+T5_SWITCHES = dict(family="t5", arch="encoder_decoder", position="relative", norm="rmsnorm", bias=False,
+                   post_norm=False, embed_norm=False, parallel_block=False, type_vocab_size=0)
