@@ -134,6 +134,11 @@ class ModelConfig:
     """Buckets of T5's relative position bias (model.position=relative)."""
     relative_max_distance: int = key(128, check=POSITIVE)
     """Distance from which T5's relative position buckets stop growing (model.position=relative)."""
+    parametrization: str = key("standard", choices=("standard", "mup"))
+    """standard | mup (Tensor Programs V, Table 3: learning rate and init tuned at mup_base_width carry over)."""
+    mup_base_width: int | None = key(None, check=POSITIVE_OR_UNSET)
+    """The d_model hyper-parameters were tuned at, for muP (default: this d_model, so muP changes only attention
+    scale and the output init)."""
 
     @property
     def kv_heads(self) -> int:
@@ -216,6 +221,8 @@ class TrainConfig:
     """Prompt of the text sample printed at the end of training ('' for none)."""
     sample_tokens: int = key(64, check=NON_NEGATIVE)
     """Tokens generated for that sample (0 for none)."""
+    scaling_fit: str = key("")
+    """A fit file from `meshtron scaling fit --out` to plan and predict this run with (default: Chinchilla's constants)."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from meshtron.configs.schema import ModelConfig
+from meshtron.model import mup
 from meshtron.model.layers import apply_rope, attention_implementation, initializer, make_param, zeros_param
 from meshtron.parallel import spmd
 
@@ -24,6 +25,7 @@ class Attention(nnx.Module):
         self.position = cfg.position
         self.rope_theta = cfg.rope_theta
         self.implementation = attention_implementation(cfg)
+        self.scale = mup.attention_scale(cfg)  # None: 1/sqrt(head_dim)
         in_init = initializer(cfg, in_axis=0, out_axis=(1, 2))
         self.q = make_param(rngs, in_init, (E, H, D), ("embed", "heads", "head_dim"), cfg)
         self.k = make_param(rngs, in_init, (E, K, D), ("embed", "kv_heads", "head_dim"), cfg)
@@ -55,7 +57,7 @@ class Attention(nnx.Module):
             q = apply_rope(q, positions, self.rope_theta)
             k = apply_rope(k, positions, self.rope_theta)
         if cache is None:
-            out = jax.nn.dot_product_attention(q, k, v, is_causal=mask is None, mask=mask,
+            out = jax.nn.dot_product_attention(q, k, v, scale=self.scale, is_causal=mask is None, mask=mask,
                                                implementation=self.implementation)
             new_cache = None
         else:
@@ -63,7 +65,8 @@ class Attention(nnx.Module):
             v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), cache_index, axis=1)
             key_pos = jnp.arange(k_all.shape[1])
             mask = key_pos[None, None, None, :] <= positions[:, None, :, None]  # (B, 1, T, S)
-            out = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=mask)
+            out = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), scale=self.scale,
+                                               mask=mask)
             new_cache = {"k": k_all, "v": v_all}
         y = jnp.einsum("bthd,hde->bte", out, self.o[...].astype(x.dtype))  # partial sum over local heads
         if reduce:

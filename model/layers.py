@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from meshtron.configs.schema import ModelConfig
+from meshtron.model import mup
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -39,7 +40,7 @@ def initializer(cfg: ModelConfig, in_axis, out_axis, residual: bool = False):
     """Weight initialiser by config: gpt2 normal (residual outputs scaled by 1/sqrt(2L)), xavier or kaiming."""
     if cfg.init == "gpt2":
         std = cfg.init_std / math.sqrt(2 * cfg.n_layers) if residual else cfg.init_std
-        return jax.nn.initializers.normal(std)
+        return jax.nn.initializers.normal(std * mup.hidden_init_factor(cfg))  # muP: variance ~ 1/fan_in
     if cfg.init == "xavier":
         return jax.nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=in_axis, out_axis=out_axis)
     return jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal", in_axis=in_axis, out_axis=out_axis)

@@ -25,7 +25,8 @@ class SeqAttention(Attention):
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         super().__init__(cfg, rngs)
-        self.scale = 1.0 if cfg.position == "relative" else None
+        if cfg.position == "relative":
+            self.scale = 1.0
 
     def kv(self, memory: jax.Array) -> dict:
         """Keys and values (B, S, K, D) of `memory` (B, S, E): cross-attention's, computed once per sequence."""

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from meshtron.configs.schema import ModelConfig
+from meshtron.model import mup
 from meshtron.model.block import Block
 from meshtron.model.layers import Norm, compute_dtype, dropout, make_param, sinusoidal_positions
 from meshtron.parallel import spmd
@@ -69,7 +70,8 @@ class Transformer(nnx.Module):
             self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
         self.final_norm = Norm(cfg)
         self.head = (None if cfg.tie_embeddings else
-                     make_param(rngs, padded_init(jax.nn.initializers.normal(cfg.init_std), cfg.vocab_size,
+                     make_param(rngs, padded_init(jax.nn.initializers.normal(0.0 if mup.zero_head(cfg) else
+                                                                             cfg.init_std), cfg.vocab_size,
                                                   self.vocab_rows, vocab_axis=1),
                                 (cfg.d_model, self.vocab_rows), ("embed", "vocab"), cfg))
 
@@ -117,6 +119,8 @@ class Transformer(nnx.Module):
         x, new_cache = self._run_blocks(x, positions, cache, cache_index, keys[1], prefix_mask(prefix, tokens.shape[1]))
         x = spmd.gathered(self.final_norm)(x)
         out = embed.tokens[...].T if self.head is None else spmd.gathered(self.head)[...]
+        if mup.enabled(cfg):
+            out = out * mup.output_multiplier(cfg)  # logits x base/width
         return x, out.astype(dtype), new_cache
 
     # -- the two outputs ---------------------------------------------------------------------

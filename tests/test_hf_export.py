@@ -23,6 +23,7 @@ CASES = {
     "gpt2_tied": ["model.family=gpt2"],
     "llama_gqa_untied": ["model.family=llama", "model.n_kv_heads=2", "model.rope_theta=500"],
     "llama_tied": ["model.family=llama", "model.tie_embeddings=true"],
+    "llama_mup": ["model.family=llama", "model.parametrization=mup", "model.mup_base_width=32"],
 }
 
 
@@ -98,6 +99,8 @@ def test_unscanned_params_export_as_scanned(tmp_path):
     (["model.family=llama", "model.position=learned"],
      "model.norm=rmsnorm, model.mlp=swiglu with model.position=learned"),
     (["model.family=gpt2", "model.n_kv_heads=2"], r"grouped-query attention\) has no Hugging Face GPT-2"),
+    (["model.family=gpt2", "model.parametrization=mup", "model.mup_base_width=32"],
+     "model.parametrization=mup with tied embeddings"),
 ])
 def test_unrepresentable_configs_are_refused_before_writing(overrides, message, tmp_path):
     with pytest.raises(UserError, match=message):

@@ -6,7 +6,8 @@
     meshtron scaling compute --devices 256 --peak h100 --mfu 0.4 --days 30
     meshtron scaling flops --config llama-7b            exact parameters and FLOPs per token/step
     meshtron scaling fit runs.jsonl RUN_DIR ... --plot fit.png
-    meshtron scaling sweep --compute 1e16 3e16 1e17 --out sweep/ --plot sweep.png
+    meshtron scaling sweep --compute 1e16 3e16 1e17 --out sweep/ --plot sweep.png [--run]
+    meshtron scaling run sweep/ | predict --fit fit.json ... | plot RUN_DIR   (tools/scaling_workflow.py)
 
 Every subcommand takes --law (hoffmann, hoffmann-rounded, epoch), --E --A --B --alpha --beta to
 override constants, and --json to print one JSON object instead of a table.
@@ -19,6 +20,7 @@ import json
 import math
 
 from meshtron.configs.errors import UserError
+from meshtron.tools.scaling_workflow import add_parsers, plot_command, predict_command, run_sweep_command
 from meshtron.train.scaling.laws import (DEFAULT_LAW, LAWS, allocation, cluster_compute, get_law,
                                          kaplan_optimal_params, optimal_by_compute, optimal_by_params,
                                          optimal_by_tokens)
@@ -53,10 +55,14 @@ def add_arguments(parser) -> None:
     which.add_argument("--compute", metavar="C", help="training FLOPs, e.g. 5.76e23")
     which.add_argument("--params", metavar="N", help="parameters, e.g. 7e9 or 7B")
     which.add_argument("--tokens", metavar="D", help="training tokens, e.g. 1.4e12 or 1.4T")
+    p.add_argument("--unique-tokens", metavar="U", help="unique tokens in the data (with --compute: the best N "
+                                                        "when D repeats them, Muennighoff et al. 2023)")
 
     p = sub.add_parser("loss", parents=[common], help="predicted loss of N parameters on D tokens")
     p.add_argument("--params", metavar="N", required=True)
     p.add_argument("--tokens", metavar="D", required=True)
+    p.add_argument("--unique-tokens", metavar="U", help="unique tokens in the data: D beyond them repeats "
+                                                        "(data-constrained law of Muennighoff et al. 2023)")
 
     p = sub.add_parser("compute", parents=[common], help="the budget a cluster buys, then its optimal N and D")
     p.add_argument("--devices", metavar="K", required=True)
@@ -77,6 +83,7 @@ def add_arguments(parser) -> None:
     p.add_argument("--bootstrap", type=int, default=0, metavar="N", help="bootstrap refits for 95%% intervals")
     p.add_argument("--starts", default="200", help="grid starts polished by L-BFGS (default 200; 'all' = 4,500)")
     p.add_argument("--plot", metavar="PNG", help="write IsoFLOP curves and the frontier to this PNG")
+    p.add_argument("--out", metavar="FIT.json", help="save the fit (with bootstrap refits) for `scaling predict`")
 
     p = sub.add_parser("sweep", parents=[common], help="plan IsoFLOP sweep configs around N_opt per budget")
     p.add_argument("--compute", nargs="+", required=True, metavar="C", help="FLOP budgets")
@@ -87,7 +94,10 @@ def add_arguments(parser) -> None:
     p.add_argument("--data", type=int, default=1, help="data-parallel degree the batch must divide by")
     p.add_argument("--tensor", type=int, default=1, help="tensor-parallel degree heads and d_ff must divide by")
     p.add_argument("--plot", metavar="PNG", help="write the planned configs on the N-D plane to this PNG")
+    p.add_argument("--head-dim", type=int, default=64, help="head width; d_model steps by it (default 64)")
+    p.add_argument("--run", action="store_true", help="then train every planned run (as `meshtron scaling run`)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the base config")
+    add_parsers(sub, common, _number)
 
 
 def run(args) -> int:
@@ -131,6 +141,14 @@ def _law_text(c: dict) -> str:
 
 
 def _optimal(args, law):
+    unique = getattr(args, "unique_tokens", None)
+    if unique is not None:
+        if args.compute is None:
+            raise UserError("optimal --unique-tokens: give it with --compute (the best N and D for a budget)")
+        from meshtron.train.scaling.repeat import optimal_constrained
+
+        result = optimal_constrained(_number(args.compute, "--compute"), _number(unique, "--unique-tokens"), law)
+        return result, _allocation_rows(result) + [("repeated data", _repeat_text(result["data_constrained"]))]
     if args.compute is not None:
         result = optimal_by_compute(_number(args.compute, "--compute"), law).as_dict()
         # Kaplan's N excludes embeddings; shown for comparison, not as advice.
@@ -154,7 +172,20 @@ def _loss(args, law):
     rows = _allocation_rows(result) + [
         ("optimal at this C", f"N {optimal.N:.3g}, D {optimal.D:.3g}, loss {optimal.loss:.4f}"),
         ("allocation", result["allocation"])]
+    if args.unique_tokens is not None:
+        from meshtron.train.scaling.repeat import data_constrained
+
+        constrained = data_constrained(result["N"], result["D"], _number(args.unique_tokens, "--unique-tokens"), law)
+        result |= {"loss_without_repeats": result["loss"], "loss": constrained.loss,
+                   "data_constrained": constrained.as_dict()}
+        rows[4] = ("predicted loss", f"{constrained.loss:.4f}")
+        rows.append(("repeated data", _repeat_text(result["data_constrained"])))
     return result, rows
+
+
+def _repeat_text(dc: dict) -> str:
+    return (f"{dc['epochs']:.2f} epochs over {dc['unique_tokens']:.4g} unique tokens: D' {dc['D_effective']:.4g}, "
+            f"N' {dc['N_effective']:.4g} (Muennighoff et al. 2023); {dc['loss_without_repeats']:.4f} without repeats")
 
 
 def _compute(args, law):
@@ -203,14 +234,17 @@ def _flops(args, law):
 def _fit(args, law):
     from meshtron.train.scaling.fit import fit_approach2, fit_approach3, load_runs
 
-    runs = load_runs(args.runs)
+    excluded = []
+    runs = load_runs(args.runs, excluded)
     starts = "all" if args.starts == "all" else int(_number(args.starts, "--starts"))
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap {args.bootstrap}: must be >= 0")
     fit3 = fit_approach3(runs, starts=starts, bootstrap=args.bootstrap) if args.approach in ("3", "both") else None
     fit2 = fit_approach2(runs) if args.approach in ("2", "both") else None
-    result = {"n_runs": len(runs.N)}
-    rows = [("runs", str(len(runs.N)))]
+    result = {"n_runs": len(runs.N), "loss_used": "final evaluation loss of each run directory",
+              "excluded": [{"run": name, "reason": why} for name, why in excluded], "sources": list(runs.sources)}
+    rows = [("runs", f"{len(runs.N)} (loss: the final evaluation loss of each run directory)")]
+    rows += [(f"  left out {name}", why) for name, why in excluded]
     if fit3:
         result |= fit3.as_dict()
         for key in ("E", "A", "B", "alpha", "beta", "a", "b"):
@@ -229,7 +263,19 @@ def _fit(args, law):
 
         result["plot"] = str(plot_fit(runs, args.plot, fit3=fit3, fit2=fit2, reference=law))
         rows.append(("plot", result["plot"]))
+    if args.out:
+        _save_json(result, args.out)
+        rows.append(("saved", f"{args.out} (use it with `meshtron scaling predict --fit {args.out}`)"))
     return result, rows
+
+
+def _save_json(result: dict, path) -> None:
+    from pathlib import Path
+
+    try:
+        Path(path).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"--out {path}: cannot write it ({e.__class__.__name__})") from None
 
 
 def _sweep(args, law):
@@ -237,9 +283,12 @@ def _sweep(args, law):
 
     budgets = [_number(c, "--compute") for c in args.compute]
     plan = plan_sweep(budgets, law, base=args.config, sizes=args.sizes, span=args.span, data=args.data,
-                      tensor=args.tensor, overrides=args.overrides)
+                      tensor=args.tensor, overrides=args.overrides, head_dim=args.head_dim)
     manifest = write_sweep(plan, args.out, law)
     result = json.loads(manifest.read_text()) | {"manifest": str(manifest)}
+    if args.run:
+        result["sweep"], _ = run_sweep_command(argparse.Namespace(sweep_dir=args.out, max_runs=None, json=args.json),
+                                               law)
     rows = [(f"C {r['budget']:.3g}", f"N {r['N']:>13,}  L{r['n_layers']:<3} d{r['d_model']:<5} steps {r['steps']:>8,}  "
              f"D {r['D']:.3g}  loss {r['predicted_loss']:.3f}") for r in result["runs"]]
     rows.append(("manifest", str(manifest)))
@@ -251,4 +300,6 @@ def _sweep(args, law):
     return result, rows
 
 
-_HANDLERS = {"optimal": _optimal, "loss": _loss, "compute": _compute, "flops": _flops, "fit": _fit, "sweep": _sweep}
+_HANDLERS = {"optimal": _optimal, "loss": _loss, "compute": _compute, "flops": _flops, "fit": _fit, "sweep": _sweep,
+             "run": run_sweep_command, "predict": lambda args, law: predict_command(args, law, _number),
+             "plot": plot_command}

@@ -19,6 +19,9 @@ def add_arguments(parser) -> None:
                         help="where checkpoints, metrics and the tokenizer go; an existing run is resumed "
                              "(default runs/NAME-TIMESTAMP)")
     parser.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
+    parser.add_argument("--fit", default=None, metavar="FIT.json",
+                        help="your scaling fit (`meshtron scaling fit --out`): the start report plans with it "
+                             "(same as train.scaling_fit=FIT.json)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=200")
 
 
@@ -43,7 +46,8 @@ def run(args) -> int:
     from meshtron.train.run.loop import train
 
     run_dir = Path(args.run_dir) if args.run_dir else None
-    config, resuming = resolve_config(args.config, run_dir, args.overrides)
+    overrides = args.overrides + ([f"train.scaling_fit={args.fit}"] if args.fit else [])
+    config, resuming = resolve_config(args.config, run_dir, overrides)
     resolve_mesh_shape(config, jax.device_count())  # every config error before data, compilation or allocation
     check_source(config.data)
     if run_dir is None:

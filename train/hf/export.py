@@ -18,6 +18,7 @@ import numpy as np
 
 from meshtron.configs.errors import UserError
 from meshtron.configs.schema import ModelConfig
+from meshtron.model import mup
 from meshtron.train.hf.architectures import GPT2, LLAMA, Architecture, HFTensor
 from meshtron.train.run.rundir import atomic_dir
 
@@ -51,6 +52,7 @@ def check_exportable(cfg: ModelConfig) -> Architecture:
         raise UserError(f"model.head_dim={cfg.dim_per_head}: Hugging Face GPT-2 needs n_heads x head_dim = d_model")
     if arch is LLAMA and cfg.d_model % cfg.n_heads:
         raise UserError(f"model.n_heads={cfg.n_heads}: Hugging Face Llama needs d_model divisible by n_heads")
+    mup.check_exportable(cfg)
     return arch
 
 
@@ -209,7 +211,7 @@ def export_hf(model_cfg: ModelConfig, params: dict, tokenizer_path: Path | None,
         return _export_seq(model_cfg, params, tokenizer_path, out_dir, dtype, overwrite)
     arch = check_exportable(model_cfg)
     np_dtype = _np_dtype(dtype)
-    flat = _checked_params(model_cfg, params)
+    flat = mup.fold_for_export(model_cfg, _checked_params(model_cfg, params))
     V = model_cfg.vocab_size
     flat["embed.tokens"] = flat["embed.tokens"][:V]  # drop the padding rows: HF's vocab is the true one
     if "head" in flat:

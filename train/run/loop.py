@@ -33,6 +33,7 @@ from meshtron.train.run.metrics import MetricsWriter
 from meshtron.train.run.optim import lr_schedule
 from meshtron.train.run.rundir import is_disk_full, refuse_links_outside, run_lock, write_config
 from meshtron.train.run.step import build_training
+from meshtron.train.scaling.forecast import Forecaster
 from meshtron.train.scaling.report import duration, end_report, format_end_report, format_start_report, start_report
 
 
@@ -138,7 +139,8 @@ class Run:
         t = self.config.train
         announce(self.config, self.data, self.shape, self.say)
         self.peak_devices, self.peak, peak_source = peak_for_mfu(self.say)
-        self.scaling = start_report(self.config, self.peak_devices, self.peak)
+        self.scaling = start_report(self.config, self.peak_devices, self.peak, unique_tokens=self.data.train_tokens)
+        self.forecaster = Forecaster(t.steps, t.warmup_steps)
         self.say(format_start_report(self.scaling))
         self.train_step = self.training.compile_train_step()
         self.eval_step = self.training.compile_eval_step()
@@ -169,6 +171,7 @@ class Run:
                     self.log()
                 self.stop_on_bad_steps()
                 self.evaluate_and_save()
+                self.forecast()
                 if stop.signal_name is not None:
                     self.result.interrupted, self.stop_reason = True, stop.signal_name
                     break
@@ -231,7 +234,15 @@ class Run:
         loss = float(np.mean([float(self.eval_step(self.params, b)) for b in self.val]))
         self.metrics.write({"step": self.step, "eval_loss": loss})
         self.result.eval_loss = loss
+        self.forecaster.observe(self.step, loss)
         return loss
+
+    def forecast(self) -> None:
+        """The final-loss forecasts due at 25/50/75% of the steps, and the one-line overfitting warning."""
+        lines, records = self.forecaster.at_step(self.step, self.result.losses)
+        for line, record in zip(lines, records):
+            self.say(line)
+            self.metrics.write(record)
 
     def save(self, force: bool = False) -> None:
         """Start a checkpoint of this step (asynchronous unless checkpoint.async_save=false)."""
@@ -258,7 +269,7 @@ class Run:
                             **{k: v for k, v in flat(spent).items() if k != "eval_loss"}})
         result.summary = spent
         if self.clock.timed_seconds:
-            self.say(format_end_report(spent))
+            self.say("\n".join([format_end_report(spent), *self.forecaster.compare(final_loss, result.eval_loss)]))
         self.metrics.close()
         if result.interrupted:
             self.say(f"stopping ({self.stop_reason}): saved step {step} to {self.ckpt.directory}; resume with "

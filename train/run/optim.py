@@ -7,6 +7,7 @@ import optax
 from flax import nnx
 
 from meshtron.configs.schema import TrainConfig
+from meshtron.model import mup
 
 
 def lr_schedule(t: TrainConfig) -> optax.Schedule:
@@ -37,7 +38,11 @@ def decay_mask(params):
                                             is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def make_optimizer(t: TrainConfig) -> optax.GradientTransformation:
-    """optax AdamW; clipping and the NaN guard happen in the step, on the global gradient."""
-    return optax.adamw(lr_schedule(t), b1=t.beta1, b2=t.beta2, eps=t.eps, weight_decay=t.weight_decay,
-                       mask=decay_mask)
+def make_optimizer(t: TrainConfig, model=None) -> optax.GradientTransformation:
+    """optax AdamW; clipping and the NaN guard happen in the step, on the global gradient. Under muP
+    (model.parametrization=mup) hidden matrices take lr x base/width (model/mup.py)."""
+    adamw = optax.adamw(lr_schedule(t), b1=t.beta1, b2=t.beta2, eps=t.eps, weight_decay=t.weight_decay,
+                        mask=decay_mask)
+    if model is None or not mup.enabled(model):
+        return adamw
+    return optax.chain(adamw, mup.scale_hidden_updates(model))

@@ -202,7 +202,7 @@ def build_training(config: Config, mesh: jax.sharding.Mesh, shape: MeshShape) ->
     vocab_rows = config.model.padded_vocab(shape.tensor)
     abstract = nnx.eval_shape(lambda: family(config.model).module(config.model, nnx.Rngs(params=0), vocab_rows))
     graphdef, abstract_params = nnx.split(abstract)
-    tx = make_optimizer(config.train)
+    tx = make_optimizer(config.train, config.model)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     return Training(config=config, mesh=mesh, shape=shape, rules=rules, graphdef=graphdef, tx=tx,
                     param_specs=zero.specs(abstract_params, rules.params),

@@ -51,12 +51,12 @@ class PlannedRun:
                 "seq_len": m.seq_len, "predicted_loss": planned["loss"]}
 
 
-def model_shape(target_params: float, base: ModelConfig, tensor: int = 1) -> ModelConfig:
+def model_shape(target_params: float, base: ModelConfig, tensor: int = 1, head_dim: int = HEAD_DIM) -> ModelConfig:
     """The (d_model, n_layers, n_heads) config of `base`'s family whose exact N is closest to the target."""
     best, best_score = None, math.inf
-    step = HEAD_DIM * tensor  # heads = d_model / 64 must split evenly over the tensor axis
+    step = head_dim * tensor  # heads = d_model / head_dim must split evenly over the tensor axis
     for d_model in range(step, MAX_D_MODEL + 1, step):
-        shape = dataclasses.replace(base, d_model=d_model, n_heads=d_model // HEAD_DIM, n_layers=1,
+        shape = dataclasses.replace(base, d_model=d_model, n_heads=d_model // head_dim, n_layers=1,
                                     n_kv_heads=None, head_dim=None, d_ff=None)
         counts = count_params(shape)
         fixed = counts.total - counts.per_layer  # embeddings, output layer, final norm
@@ -75,7 +75,7 @@ def model_shape(target_params: float, base: ModelConfig, tensor: int = 1) -> Mod
 
 
 def plan_sweep(budgets, law: Law, base: str = "tiny", sizes: int = 7, span: float = 4.0, data: int = 1,
-               tensor: int = 1, overrides=()) -> list[PlannedRun]:
+               tensor: int = 1, overrides=(), head_dim: int = HEAD_DIM) -> list[PlannedRun]:
     """Configs for each FLOP budget: `sizes` models from N_opt/span to N_opt*span, D = C / 6N each."""
     if not budgets:
         raise UserError("sweep: give at least one budget, for example --compute 1e16 3e16 1e17")
@@ -83,7 +83,7 @@ def plan_sweep(budgets, law: Law, base: str = "tiny", sizes: int = 7, span: floa
         raise UserError(f"sweep --sizes {sizes}: an IsoFLOP parabola needs at least 3 sizes per budget")
     if not span > 1:
         raise UserError(f"sweep --span {span}: must be > 1 (sizes reach from N_opt/span to N_opt*span)")
-    for flag, degree in (("--data", data), ("--tensor", tensor)):
+    for flag, degree in (("--data", data), ("--tensor", tensor), ("--head-dim", head_dim)):
         if degree < 1:
             raise UserError(f"sweep {flag} {degree}: must be >= 1")
     base_config = load_config(base, overrides)
@@ -95,7 +95,10 @@ def plan_sweep(budgets, law: Law, base: str = "tiny", sizes: int = 7, span: floa
         target = optimal_by_compute(budget, law).N
         shapes = {}
         for target_params in target * np.geomspace(1 / span, span, sizes):
-            shape = model_shape(target_params, base_config.model, tensor)
+            shape = model_shape(target_params, base_config.model, tensor, head_dim)
+            if shape is None:
+                raise UserError(f"sweep --compute {budget:g}: its optimal size ({target:,.0f} parameters) is below "
+                                "the smallest model of this vocabulary and width; raise the budget")
             shapes.setdefault((shape.d_model, shape.n_layers), shape)  # small budgets can map two targets to one shape
         if len(shapes) < 3:
             raise UserError(f"sweep --compute {budget:g}: only {len(shapes)} distinct model sizes fit this budget; "
