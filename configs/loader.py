@@ -226,6 +226,31 @@ def _check_keys(config: Config) -> None:
                 raise ConfigError(f"config key '{section}.{f.name}': {check.message.format(value=value)}")
 
 
+def _validate_pipeline(m, p, t) -> None:
+    """parallel.pipeline, microbatches, schedule and virtual_stages against the model and each other (the
+    per-replica batch is checked with the mesh, which knows the data degree)."""
+    if p.pipeline == 1:
+        return
+    _require(m.n_layers % p.pipeline == 0, "parallel.pipeline",
+             f"{p.pipeline} stages do not divide model.n_layers={m.n_layers}; use a divisor of {m.n_layers}")
+    per_stage = m.n_layers // p.pipeline
+    if p.schedule == "interleaved":
+        _require(per_stage % p.virtual_stages == 0, "parallel.virtual_stages",
+                 f"{p.virtual_stages} virtual stages do not divide the {per_stage} layers per stage; use a divisor "
+                 f"of {per_stage}")
+    else:
+        _require(p.virtual_stages == 1, "parallel.virtual_stages",
+                 "only the interleaved schedule has virtual stages; set parallel.schedule=interleaved or 1")
+    if p.schedule in ("1f1b", "interleaved"):
+        _require(p.microbatches >= p.pipeline, "parallel.microbatches",
+                 f"{p.schedule} needs at least as many micro-batches as stages ({p.microbatches} < "
+                 f"{p.pipeline}); use parallel.microbatches={2 * p.pipeline}")
+    _require(t.grad_accum == 1, "train.grad_accum",
+             f"with pipeline stages the micro-batches are parallel.microbatches; set train.grad_accum=1 and "
+             f"parallel.microbatches={p.microbatches * t.grad_accum}")
+    _require(m.scan_layers, "model.scan_layers", "pipeline stages split the stacked layers; set it to true")
+
+
 def validate(config: Config) -> None:
     """Reject impossible values with a one-line message naming the key and the fix: each key by its own
     constraint first, then the rules that tie keys together."""
@@ -248,5 +273,6 @@ def validate(config: Config) -> None:
                  f"tensor degree {p.tensor} does not divide model.n_{key}={n}; use a divisor of it")
     _require(m.ff_dim % p.tensor == 0, "parallel.tensor",
              f"tensor degree {p.tensor} does not divide the MLP width {m.ff_dim}; use a divisor or change model.d_ff")
+    _validate_pipeline(m, p, t)
     _require(t.batch_size % t.grad_accum == 0, "train.grad_accum",
              f"{t.grad_accum} micro-batches do not divide train.batch_size={t.batch_size}; use a divisor")

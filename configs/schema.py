@@ -112,6 +112,8 @@ class ModelConfig:
     """Activation checkpointing per block: none | full (recompute all) | dots (save matmul outputs only)."""
     scan_layers: bool = key(True, shape=True)
     """Stack the blocks and run them with a scan, so compile time does not grow with depth."""
+    scan_unroll: int = key(0, check=NON_NEGATIVE)
+    """Layers per iteration of that scan: 0 = auto (on CPU without remat or ZeRO-3: all of them up to 8 layers, which XLA:CPU runs faster; else 1), or a count."""
     attention: str = key("auto", choices=("auto", "xla", "cudnn"))
     """Attention kernel for jax.nn.dot_product_attention: auto (cuDNN flash attention when usable) | xla | cudnn."""
     logits_chunk: int = key(0, check=NON_NEGATIVE)
@@ -176,6 +178,15 @@ class ParallelConfig:
     """Megatron tensor-parallel degree (heads, MLP and vocabulary split across devices)."""
     zero_stage: int = key(0, check=Check(lambda v: v in (0, 1, 2, 3), "must be 0, 1, 2 or 3, got {value}"))
     """ZeRO stage over the data axis: 0 none, 1 optimizer state, 2 + gradients, 3 + parameters."""
+    pipeline: int = key(1, check=AT_LEAST_ONE)
+    """Pipeline stages P: the layers are split evenly over a `stage` mesh axis (must divide model.n_layers)."""
+    microbatches: int = key(1, check=AT_LEAST_ONE)
+    """Micro-batches M per step through the pipeline (pipeline > 1); must divide the per-replica batch."""
+    schedule: str = key("1f1b", choices=("gpipe", "1f1b", "interleaved"))
+    """Pipeline schedule: gpipe | 1f1b (at most P micro-batches' activations in flight; needs M >= P) |
+    interleaved (v virtual stages per device, bubble (P-1)/(vM+P-1))."""
+    virtual_stages: int = key(1, check=AT_LEAST_ONE)
+    """Model chunks per device for the interleaved schedule; must divide the layers per stage."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from flax import nnx
 from meshtron.configs.schema import ModelConfig
 from meshtron.model import mup
 from meshtron.model.block import Block
-from meshtron.model.layers import Norm, compute_dtype, dropout, make_param, sinusoidal_positions
+from meshtron.model.layers import Norm, compute_dtype, dropout, make_param, scan_unroll, sinusoidal_positions
 from meshtron.parallel import spmd
 
 REMAT_POLICIES = {
@@ -77,51 +77,42 @@ class Transformer(nnx.Module):
 
     # -- the trunk ---------------------------------------------------------------------------
     def _run_blocks(self, x, positions, cache, cache_index, dropout_key, mask=None):
-        cfg = self.cfg
-        keys = jax.random.split(dropout_key, cfg.n_layers) if dropout_key is not None else None
-
-        def layer(x, block, layer_cache, key):
-            block = spmd.gathered(block)  # ZeRO-3: this block's full weights, only now
-            return block(x, positions, layer_cache, cache_index, key, mask)
-
-        layer = nnx.remat(layer, policy=remat_policy(cfg.remat)) if cfg.remat != "none" or _zero3() else layer
-        if not cfg.scan_layers:
-            new_caches = []
-            for i, block in enumerate(self.blocks):
-                layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
-                x, c = layer(x, block, layer_cache, None if keys is None else keys[i])
-                new_caches.append(c)
-            stacked = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new_caches)
-            return x, stacked
-
-        @nnx.scan(in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0),
-                  transform_metadata={nnx.PARTITION_NAME: "layers"})
-        def scan(x, block, layer_cache, key):
-            return layer(x, block, layer_cache, key)
-
-        return scan(x, self.blocks, cache, keys)
+        keys = jax.random.split(dropout_key, self.cfg.n_layers) if dropout_key is not None else None
+        return run_blocks(self.cfg, self.blocks, x, positions, cache, cache_index, keys, mask)
 
     def hidden(self, tokens, positions=None, cache=None, cache_index=None, dropout_key=None, prefix=None):
         """Final normalised hidden states (B, T, E), the output matrix (E, V) and the new cache."""
+        keys = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
+        embed = spmd.gathered(self.embed)  # ZeRO-3: gathered once for the lookup and a tied output layer
+        x, positions = self.embed_inputs(tokens, positions, cache_index, keys[0], embed)
+        x, new_cache = self._run_blocks(x, positions, cache, cache_index, keys[1], prefix_mask(prefix, tokens.shape[1]))
+        x, out = self.output_projection(x, embed)
+        return x, out, new_cache
+
+    def embed_inputs(self, tokens, positions=None, cache_index=None, dropout_key=None, embed=None):
+        """Token and position embeddings (B, T, E) in the compute dtype, after dropout; and the positions."""
         cfg = self.cfg
-        dtype = compute_dtype(cfg)
         if positions is None:
             start = 0 if cache_index is None else cache_index
             positions = jnp.broadcast_to(start + jnp.arange(tokens.shape[1]), tokens.shape)
-        embed = spmd.gathered(self.embed)
-        x = spmd.embedding_lookup(embed.tokens[...], tokens).astype(dtype)  # (B, T, E)
+        embed = embed if embed is not None else spmd.gathered(self.embed)
+        x = spmd.embedding_lookup(embed.tokens[...], tokens).astype(compute_dtype(cfg))  # (B, T, E)
         if cfg.position == "learned":
-            x = x + jnp.take(embed.positions[...], positions, axis=0).astype(dtype)
+            x = x + jnp.take(embed.positions[...], positions, axis=0).astype(x.dtype)
         elif cfg.position == "sinusoidal":
-            x = x + sinusoidal_positions(positions, cfg.d_model).astype(dtype)
-        keys = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
-        x = dropout(x, cfg.dropout, keys[0])
-        x, new_cache = self._run_blocks(x, positions, cache, cache_index, keys[1], prefix_mask(prefix, tokens.shape[1]))
+            x = x + sinusoidal_positions(positions, cfg.d_model).astype(x.dtype)
+        return dropout(x, cfg.dropout, dropout_key), positions
+
+    def output_projection(self, x, embed=None):
+        """Final norm of the trunk's output (B, T, E) and the output matrix (E, V) in the compute dtype."""
         x = spmd.gathered(self.final_norm)(x)
-        out = embed.tokens[...].T if self.head is None else spmd.gathered(self.head)[...]
-        if mup.enabled(cfg):
-            out = out * mup.output_multiplier(cfg)  # logits x base/width
-        return x, out.astype(dtype), new_cache
+        if self.head is None:
+            out = (embed if embed is not None else spmd.gathered(self.embed)).tokens[...].T
+        else:
+            out = spmd.gathered(self.head)[...]
+        if mup.enabled(self.cfg):
+            out = out * mup.output_multiplier(self.cfg)  # logits x base/width
+        return x, out.astype(compute_dtype(self.cfg))
 
     # -- the two outputs ---------------------------------------------------------------------
     def __call__(self, tokens, positions=None, cache=None, cache_index=None):
@@ -134,6 +125,10 @@ class Transformer(nnx.Module):
         """Next-token cross-entropy per position (B, T), float32; logits are never whole in memory
         when model.logits_chunk is set (chunks of the sequence, recomputed in the backward pass)."""
         x, out, _ = self.hidden(tokens, dropout_key=dropout_key, prefix=prefix)
+        return self.losses_from_hidden(x, out, targets)
+
+    def losses_from_hidden(self, x, out, targets):
+        """Per-token cross-entropy (B, T) of normalised hidden states x (B, T, E) under output matrix (E, V)."""
         vocab = self.cfg.vocab_size
 
         def chunk_loss(x_chunk, t_chunk):
@@ -155,6 +150,35 @@ class Transformer(nnx.Module):
         shape = (cfg.n_layers, batch, length, cfg.kv_heads, cfg.dim_per_head)
         dtype = dtype or compute_dtype(cfg)
         return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def run_blocks(cfg: ModelConfig, blocks, x, positions, cache=None, cache_index=None, layer_keys=None, mask=None):
+    """x (B, T, E) through stacked `blocks` (any number of layers: all of them, or one pipeline stage's),
+    with per-layer dropout keys (n, 2) or None; returns x and the new cache."""
+    def layer(x, block, layer_cache, key):
+        block = spmd.gathered(block)  # ZeRO-3: this block's full weights, only now
+        return block(x, positions, layer_cache, cache_index, key, mask)
+
+    layer = nnx.remat(layer, policy=remat_policy(cfg.remat)) if cfg.remat != "none" or _zero3() else layer
+    if not cfg.scan_layers:
+        new_caches = []
+        for i, block in enumerate(blocks):
+            layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
+            x, c = layer(x, block, layer_cache, None if layer_keys is None else layer_keys[i])
+            new_caches.append(c)
+        stacked = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new_caches)
+        return x, stacked
+
+    # auto unrolling is for plain steps only: under remat or ZeRO-3 the rolled loop is what bounds the
+    # memory (one block's gathered weights / activations at a time, re-gathered in the backward pass)
+    unroll = scan_unroll(cfg) if cfg.scan_unroll or (cfg.remat == "none" and not _zero3()) else 1
+
+    @nnx.scan(in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0), unroll=unroll,
+              transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def scan(x, block, layer_cache, key):
+        return layer(x, block, layer_cache, key)
+
+    return scan(x, blocks, cache, layer_keys)
 
 
 def prefix_mask(prefix, length: int):

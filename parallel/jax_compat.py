@@ -9,6 +9,8 @@ varying_axes          which mesh axes a value differs over inside shard_map (its
                       attribute moved between releases.
 NEVER_SAVED           primitives a remat policy must recompute rather than keep for ZeRO-3's
                       gathered weights; names of jax primitives, which JAX may rename.
+skip_absent_tpu       with libtpu installed (the tpu-compile extra) on a machine without TPU chips,
+                      keep JAX from starting the TPU runtime; private backend registry.
 """
 
 from __future__ import annotations
@@ -37,3 +39,18 @@ def varying_axes(x) -> frozenset:
 def mark_varying(x, axes: tuple):
     """`x` marked as differing over `axes` too (a no-op for none): gradients with respect to it stay per-device."""
     return jax.lax.pcast(x, tuple(axes), to="varying") if axes else x
+
+
+def skip_absent_tpu() -> None:
+    """libtpu installed but no TPU chip here: drop JAX's TPU backend before any backend starts, so ordinary
+    runs neither pay for starting libtpu nor print its warnings about missing TPU environment variables.
+    Compiling for a slice (`meshtron plan --topology`) loads libtpu itself. Call before JAX picks backends."""
+    import importlib.util
+    import os
+
+    if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
+        return
+    from jax._src import hardware_utils, xla_bridge
+
+    if hardware_utils.num_available_tpu_chips_and_device_id()[0] == 0 and not xla_bridge.backends_are_initialized():
+        xla_bridge._backend_factories.pop("tpu", None)

@@ -21,11 +21,12 @@ class MeshShape:
     replica: int
     data: int
     tensor: int
+    stage: int = 1  # pipeline stages
 
     @property
     def devices(self) -> int:
         """Devices the mesh spans."""
-        return self.replica * self.data * self.tensor
+        return self.stage * self.replica * self.data * self.tensor
 
     @property
     def batch_shards(self) -> int:
@@ -33,31 +34,34 @@ class MeshShape:
         return self.replica * self.data
 
     def as_dict(self) -> dict[str, int]:
-        """{'replica': r, 'data': d, 'tensor': t}."""
-        return {"replica": self.replica, "data": self.data, "tensor": self.tensor}
+        """{'replica': r, 'data': d, 'tensor': t}, led by 'stage': p when there are pipeline stages."""
+        stages = {"stage": self.stage} if self.stage > 1 else {}
+        return {**stages, "replica": self.replica, "data": self.data, "tensor": self.tensor}
 
 
 def resolve_mesh_shape(config: Config, n_devices: int) -> MeshShape:
     """Degrees for `n_devices` devices, validated against the model and batch; ConfigError if impossible."""
     p, m, t = config.parallel, config.model, config.train
-    fixed = p.replica * p.tensor * (p.data if p.data != -1 else 1)
+    fixed = p.pipeline * p.replica * p.tensor * (p.data if p.data != -1 else 1)
     if p.data == -1:
         if n_devices % fixed:
-            raise ConfigError(f"config key 'parallel.tensor': replica x tensor = {fixed} does not divide the "
-                              f"{n_devices} devices; choose degrees whose product divides {n_devices}")
+            raise ConfigError(f"config key 'parallel.tensor': pipeline x replica x tensor = {fixed} does not divide "
+                              f"the {n_devices} devices; choose degrees whose product divides {n_devices}")
         data = n_devices // fixed
     else:
         data = p.data
         if fixed != n_devices:
-            raise ConfigError(f"config key 'parallel.data': replica x data x tensor = {p.replica} x {p.data} x "
-                              f"{p.tensor} = {fixed}, but {n_devices} devices are visible; make the product "
-                              f"{n_devices} (parallel.data=-1 fills it in)")
-    shape = MeshShape(p.replica, data, p.tensor)
-    shards = shape.batch_shards * t.grad_accum
+            raise ConfigError(f"config key 'parallel.data': pipeline x replica x data x tensor = {p.pipeline} x "
+                              f"{p.replica} x {p.data} x {p.tensor} = {fixed}, but {n_devices} devices are visible; "
+                              f"make the product {n_devices} (parallel.data=-1 fills it in)")
+    shape = MeshShape(p.replica, data, p.tensor, p.pipeline)
+    micro = t.grad_accum * (p.microbatches if p.pipeline > 1 else 1)
+    shards = shape.batch_shards * micro
     if t.batch_size % shards:
-        raise ConfigError(f"config key 'train.batch_size': {t.batch_size} sequences do not split into "
-                          f"{t.grad_accum} micro-batch(es) over {shape.batch_shards} data shards; use a multiple "
-                          f"of {shards}")
+        key = "parallel.microbatches" if p.pipeline > 1 else "train.batch_size"
+        raise ConfigError(f"config key '{key}': train.batch_size={t.batch_size} sequences do not split into "
+                          f"{micro} micro-batch(es) over {shape.batch_shards} data shards; use a batch size that is "
+                          f"a multiple of {shards}")
     if p.zero_stage >= 1 and m.d_model % data:
         raise ConfigError(f"config key 'parallel.zero_stage': ZeRO splits d_model={m.d_model} over data={data} "
                           f"devices, which does not divide it; use zero_stage=0 or a data degree dividing d_model")
@@ -65,11 +69,11 @@ def resolve_mesh_shape(config: Config, n_devices: int) -> MeshShape:
 
 
 def build_mesh(shape: MeshShape, devices=None) -> Mesh:
-    """A (replica, data, tensor) mesh over `devices` (default: all), tensor innermost."""
+    """A (stage, replica, data, tensor) mesh over `devices` (default: all), tensor innermost."""
     devices = list(jax.devices() if devices is None else devices)
     if len(devices) != shape.devices:
         raise ConfigError(f"the mesh needs {shape.devices} devices but {len(devices)} are available")
-    dims = (shape.replica, shape.data, shape.tensor)
+    dims = (shape.stage, shape.replica, shape.data, shape.tensor)
     if len(devices) == jax.device_count():
         return jax.make_mesh(dims, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
     return Mesh(np.asarray(devices).reshape(dims), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))

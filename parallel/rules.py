@@ -1,8 +1,11 @@
 """Sharding rules: the one place that says how every tensor is split over the mesh.
 
-The mesh has three axes, outermost first: `replica` (hybrid sharding: groups that hold
-copies), `data` (data parallel; ZeRO partitions over it) and `tensor` (Megatron slicing,
-innermost so it stays inside a host). Model code names logical axes only; these tables
+The mesh has four axes, outermost first: `stage` (pipeline stages), `replica` (hybrid
+sharding: groups that hold copies), `data` (data parallel; ZeRO partitions over it) and
+`tensor` (Megatron slicing, innermost so it stays inside a host). `stage` is outermost
+because it carries the least: one activation (b, s, h) per link per tick, point to point,
+while data and replica carry gradients and ZeRO's gathers of the whole model, so on a
+cluster stages are the axis that may cross the slowest links (between nodes or pods). Model code names logical axes only; these tables
 map them to mesh axes. A logical axis not in a table is replicated.
 
 Megatron tensor slicing (every stage): QKV and the MLP's first layer are split by columns
@@ -19,12 +22,14 @@ from dataclasses import dataclass
 
 from jax.sharding import PartitionSpec as P
 
-MESH_AXES = ("replica", "data", "tensor")
+MESH_AXES = ("stage", "replica", "data", "tensor")
+STAGE_AXIS = "stage"  # pipeline stages: the stacked blocks' `layers` axis is split over it
 BATCH_AXES = ("replica", "data")  # the global batch is split over both
 ZERO_AXIS = "data"  # ZeRO partitions within a replica group, never across groups
 
 MEGATRON = {"vocab": ("tensor",), "heads": ("tensor",), "kv_heads": ("tensor",), "mlp": ("tensor",)}
 ZERO = {"embed": (ZERO_AXIS,)}
+PIPELINE = {"layers": (STAGE_AXIS,)}  # with pipeline stages: every kind of state, in every strategy
 
 
 @dataclass(frozen=True)
@@ -38,14 +43,16 @@ class Rules:
     zero_stage: int
 
 
-def rules_for(zero_stage: int) -> Rules:
-    """The rule tables of ZeRO stage 0-3 combined with Megatron slicing (a no-op at tensor degree 1)."""
-    with_zero = {**MEGATRON, **ZERO}
+def rules_for(zero_stage: int, pipeline: bool = False) -> Rules:
+    """The rule tables of ZeRO stage 0-3 combined with Megatron slicing (a no-op at tensor degree 1) and, with
+    pipeline stages, the stacked layers split over the stage axis."""
+    sliced = {**MEGATRON, **PIPELINE} if pipeline else MEGATRON
+    with_zero = {**sliced, **ZERO}
     return Rules(
-        params=with_zero if zero_stage >= 3 else MEGATRON,
-        grads=with_zero if zero_stage >= 2 else MEGATRON,
-        opt_state=with_zero if zero_stage >= 1 else MEGATRON,
-        compute=MEGATRON,
+        params=with_zero if zero_stage >= 3 else sliced,
+        grads=with_zero if zero_stage >= 2 else sliced,
+        opt_state=with_zero if zero_stage >= 1 else sliced,
+        compute=sliced,
         zero_stage=zero_stage,
     )
 

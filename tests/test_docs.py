@@ -15,4 +15,5 @@ def test_readme_quickstart_gives_the_two_commands_ci_runs():
     text = README.read_text()
     ci = (README.parent / ".ci" / "run").read_text()
     assert "pip install -e . && meshtron train" in text
-    assert 'pip install -e ".[test]" && pytest' in text and 'pip install -e ".[test]" && pytest' in ci
+    command = 'pip install -e ".[test,tpu-compile]" && pytest'
+    assert command in text and command in ci

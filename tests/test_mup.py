@@ -86,15 +86,25 @@ def test_hidden_matrices_take_lr_times_base_over_width():
     assert float(jnp.abs(nnx.split(build_model(cfg))[1]["head"][...]).max()) == 0  # zero-initialised readout
 
 
+MUP = ["model.parametrization=mup", "model.mup_base_width=32"]
+
+
+@pytest.fixture(scope="module")
+def mup_one_device():
+    return run_steps(MUP + ["parallel.data=1"], 1)
+
+
+def test_mup_changes_training(mup_one_device):
+    standard_losses, _ = run_steps(["parallel.data=1"], 1)
+    assert not np.allclose(mup_one_device[0][1:], standard_losses[1:])
+
+
 @pytest.mark.parametrize("layout", [["parallel.data=2", "parallel.tensor=4", "parallel.zero_stage=1"],
                                     ["parallel.replica=2", "parallel.data=2", "parallel.tensor=2",
                                      "parallel.zero_stage=3"]])
-def test_mup_sharded_training_matches_one_device(layout):
-    muP = ["model.parametrization=mup", "model.mup_base_width=32"]
-    ref_losses, ref_params = run_steps(muP + ["parallel.data=1"], 1)
-    standard_losses, _ = run_steps(["parallel.data=1"], 1)
-    assert not np.allclose(ref_losses[1:], standard_losses[1:])  # muP changes training
-    losses, params = run_steps(muP + layout, 8)
+def test_mup_sharded_training_matches_one_device(mup_one_device, layout):
+    ref_losses, ref_params = mup_one_device
+    losses, params = run_steps(MUP + layout, 8)
     np.testing.assert_allclose(losses, ref_losses, rtol=2e-5, atol=2e-5)
     for name, ref in ref_params.items():
         np.testing.assert_allclose(params[name], ref, rtol=1e-4, atol=2e-5, err_msg=name)

@@ -90,14 +90,14 @@ def test_compiled_column_sits_beside_the_formula(meshtron_cli):
 
 
 def test_a_plan_that_does_not_fit_suggests_the_cheapest_change_that_fits(meshtron_cli):
-    args = ["--config", "llama-7b", "--devices", "8", "--device-memory", "16GB", "parallel.zero_stage=0"]
+    args = ["--config", "llama-7b", "--devices", "8", "--device-memory", "24GB", "parallel.zero_stage=0"]
     report = plan_json(meshtron_cli, *args)
     assert report["fits"] is False
     overrides = report["suggestion"]["overrides"]
     values = dict(o.split("=") for o in overrides)
     assert int(values.get("parallel.zero_stage", 0)) > 0 or int(values.get("parallel.tensor", 1)) > 1
     replanned = plan_json(meshtron_cli, *args, *overrides)
-    assert replanned["fits"] is True and replanned["formula"]["total_bytes"] <= 16e9
+    assert replanned["fits"] is True and replanned["formula"]["total_bytes"] <= 24e9
     code, text, _ = meshtron_cli("plan", *args)
     assert "does NOT fit" in text and " ".join(overrides) in text
 

@@ -86,9 +86,39 @@ def meshtron_timer(config: Config, devices=None) -> tuple[StepTimer, Training]:
     return timer.warm_up(), training
 
 
-def baseline_timer(config: Config, training: Training) -> StepTimer:
-    """The hand-written baseline of the same model on one device, started from Meshtron's own weights."""
-    from meshtron.tools.baseline import make_step
+def baseline_dims(model):
+    """The independent baseline's description of a model config, or None when it is neither GPT-2 nor LLaMA
+    shaped (the baseline writes those two layouts only)."""
+    from meshtron.tools.baseline import Dims
+
+    switches = (model.position, model.norm, model.mlp, model.bias, model.tie_embeddings, model.parallel_block)
+    family = {("learned", "layernorm", "gelu", True, True, False): "gpt2",
+              ("rope", "rmsnorm", "swiglu", False, False, False): "llama"}.get(switches)
+    if family is None or model.dim_per_head * model.n_heads != model.d_model:
+        return None
+    return Dims(family, model.n_layers, model.d_model, model.n_heads, model.kv_heads, model.ff_dim, model.vocab_size,
+                model.seq_len, model.norm_eps, model.rope_theta)
+
+
+def baseline_timer(config: Config) -> StepTimer | None:
+    """The independent plain-JAX step (tools/baseline.py) of the same shapes on one device, or None when the
+    config is neither GPT-2 nor LLaMA shaped."""
+    from meshtron.tools.baseline import init_params, make_step
+
+    dims = baseline_dims(config.model)
+    if dims is None:
+        return None
+    t = config.train
+    init, step = make_step(dims, t.lr, t.grad_clip or 1e9, t.weight_decay)
+    params = jax.device_put(init_params(dims, t.seed), jax.devices()[0])
+    timer = StepTimer(step, [params, init(params)], jax.device_put(_tokens(config), jax.devices()[0]))
+    return timer.warm_up()
+
+
+def same_choices_timer(config: Config, training: Training) -> StepTimer:
+    """The "same choices" baseline (tools/baseline_same.py: Meshtron's attention call and layer scan written in
+    plain JAX) on one device, started from Meshtron's own weights."""
+    from meshtron.tools.baseline_same import make_step
 
     init, step = make_step(config.model, compute_dtype(config.model), config.train.lr, config.train.grad_clip or 1e9)
     params = jax.device_put(nnx.to_pure_dict(training.init_params()), jax.devices()[0])

@@ -12,6 +12,10 @@ STRATEGIES = {  # the layouts of the parallel issue, on 8 devices
     "data=4 x tensor=2": dict(replica=1, data=4, tensor=2),
     "data=2 x tensor=4": dict(replica=1, data=2, tensor=4),
     "replica=2 x data=2 x tensor=2": dict(replica=2, data=2, tensor=2),
+    # pipeline layouts of the pipeline issue: two stages, as many micro-batches
+    "pipeline=2 x data=4, 1f1b": dict(pipeline=2, replica=1, data=4, tensor=1, microbatches=2, schedule="1f1b"),
+    "pipeline=2 x data=2 x tensor=2, gpipe": dict(pipeline=2, replica=1, data=2, tensor=2, microbatches=2,
+                                                  schedule="gpipe"),
 }
 
 
@@ -20,7 +24,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", default="tiny", metavar="NAME|PATH", help="preset or YAML file (default tiny)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up step)")
     parser.add_argument("--baseline", action="store_true",
-                        help="also time a hand-written plain-JAX step of the same model, interleaved")
+                        help="also time two plain-JAX steps of the same shapes, interleaved: an independent one "
+                             "(tools/baseline.py) and one making Meshtron's choices (tools/baseline_same.py)")
     parser.add_argument("--depths", default=None, metavar="L1,L2",
                         help="compile the step at these depths and report compile times (e.g. 4,48)")
     parser.add_argument("--strategies", action="store_true",
@@ -50,7 +55,10 @@ def run(args) -> int:
     if args.baseline:
         if jax.device_count() > 1 and training.shape.devices > 1:
             raise UserError("--baseline compares one device: run it without --cpu-devices / with parallel.data=1")
-        timers["baseline"] = bench.baseline_timer(config, training)
+        independent = bench.baseline_timer(config)
+        if independent is not None:
+            timers["baseline"] = independent
+        timers["same_choices"] = bench.same_choices_timer(config, training)
     times = bench.interleaved(timers, args.steps)
     step_seconds = bench.median(times["meshtron"])
     memory, memory_source = bench.peak_memory_bytes(compiled)
@@ -65,19 +73,13 @@ def run(args) -> int:
         "peak_memory_bytes": memory, "peak_memory_source": memory_source,
     }
     if args.baseline:
-        base = bench.median(times["baseline"])
-        report["baseline"] = {"step_seconds_median": base,
-                              "tokens_per_s": config.train.batch_size * config.model.seq_len / base,
-                              "meshtron_over_baseline": base / step_seconds}
+        tokens = config.train.batch_size * config.model.seq_len
+        for key, name in (("baseline", "baseline"), ("baseline_same_choices", "same_choices")):
+            base = bench.median(times[name]) if name in times else None
+            report[key] = None if base is None else {
+                "step_seconds_median": base, "tokens_per_s": tokens / base, "meshtron_over_baseline": base / step_seconds}
     if args.depths:
-        try:
-            depths = [int(d) for d in args.depths.split(",")]
-        except ValueError:
-            raise UserError(f"--depths {args.depths}: give layer counts separated by commas, e.g. 4,48") from None
-        compile_times = {d: bench.compile_seconds(dataclasses.replace(
-            config, model=dataclasses.replace(config.model, n_layers=d)))[0] for d in depths}
-        report["compile_seconds_by_depth"] = compile_times
-        report["compile_ratio_deepest_to_shallowest"] = compile_times[max(depths)] / compile_times[min(depths)]
+        report.update(_depths(config, args.depths))
     if args.strategies:
         try:
             stages = sorted({int(x) for x in args.stages.split(",")})
@@ -93,6 +95,19 @@ def run(args) -> int:
     else:
         print(_format(report))
     return 0
+
+
+def _depths(config, depths_arg: str) -> dict:
+    from meshtron.tools import bench
+
+    try:
+        depths = [int(d) for d in depths_arg.split(",")]
+    except ValueError:
+        raise UserError(f"--depths {depths_arg}: give layer counts separated by commas, e.g. 4,48") from None
+    compile_times = {d: bench.compile_seconds(dataclasses.replace(
+        config, model=dataclasses.replace(config.model, n_layers=d)))[0] for d in depths}
+    return {"compile_seconds_by_depth": compile_times,
+            "compile_ratio_deepest_to_shallowest": compile_times[max(depths)] / compile_times[min(depths)]}
 
 
 def _strategies(config, steps: int, stages: list[int]) -> list[dict]:
@@ -130,10 +145,12 @@ def _format(r: dict) -> str:
         f"{_pct(r['mfu_vs_measured'])} of a matmul peak measured now ({gflops(r['peak_flops_measured'])})",
         f"peak memory       {_bytes(r['peak_memory_bytes'])} per device ({r['peak_memory_source']})",
     ]
-    if "baseline" in r:
-        b = r["baseline"]
-        lines.append(f"baseline          {b['tokens_per_s']:,.0f} tokens/s (hand-written JAX); Meshtron = "
-                     f"{b['meshtron_over_baseline']:.3f}x baseline")
+    for key, what in (("baseline", "independent plain JAX"), ("baseline_same_choices", "same choices as Meshtron")):
+        if key in r:
+            b = r[key]
+            lines.append(f"{key:<17} n/a (the independent baseline writes GPT-2 and LLaMA layouts only)" if b is None
+                         else f"{key:<17} {b['tokens_per_s']:,.0f} tokens/s ({what}); Meshtron = "
+                         f"{b['meshtron_over_baseline']:.3f}x")
     if "compile_seconds_by_depth" in r:
         depth = ", ".join(f"{d} layers {s:.2f} s" for d, s in r["compile_seconds_by_depth"].items())
         lines.append(f"compile by depth  {depth} (ratio {r['compile_ratio_deepest_to_shallowest']:.2f})")

@@ -98,9 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         _set_cpu_devices(argv)
+        from meshtron.parallel.jax_compat import skip_absent_tpu
         from meshtron.parallel.xla_flags import apply_default_flags
 
         apply_default_flags()
+        skip_absent_tpu()
         name, argv = _command_first(argv)
         if name not in COMMANDS:
             if name is None:

@@ -15,6 +15,7 @@ import re
 
 from meshtron.configs.errors import ConfigError, UserError
 from meshtron.configs.loader import load_config
+from meshtron.tools import plan_topology
 
 _COUNT_SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
 _BYTE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
@@ -58,12 +59,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device-memory", default=None, metavar="BYTES",
                         help="memory of one device (e.g. 80GB, 16GiB): say whether the plan fits, and what to change")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    plan_topology.add_arguments(parser)
 
 
 def run(args) -> int:
     """Plan the config (or bare parameter count), print tables or one JSON object."""
     import jax
 
+    if args.topology:
+        report, lines = plan_topology.run(args)
+        return _print(report, lines, args.json)
+    if args.suggest or args.seq or args.batch:
+        raise UserError("--suggest, --seq and --batch plan for a TPU slice: add --topology NAME (e.g. v5p-128)")
     config = load_config(args.config or "tiny", args.overrides)
     n_devices = _device_count(args.devices) if args.devices else jax.device_count()
     memory = _positive(args.device_memory, "--device-memory", _BYTE_UNITS, "80GB") if args.device_memory else None
@@ -76,7 +83,11 @@ def run(args) -> int:
     else:
         report = _config_report(config, n_devices, args.precision, memory, args.compile)
         lines = _config_text(report)
-    if args.json:
+    return _print(report, lines, args.json)
+
+
+def _print(report: dict, lines: list[str], as_json: bool) -> int:
+    if as_json:
         from meshtron.tools.cli import json_out
 
         json_out(report)
@@ -113,6 +124,7 @@ def _config_report(config, n_devices: int, precision: str, memory: float | None,
             "comm_elements": compiled.comm_elements(), "comm_bytes": compiled.comm_bytes(),
             "comm_elements_by_kind": compiled.comm_elements_by_kind()},
         "rules": [list(row) for row in describe(plan.zero_stage)],
+        "pipeline": _pipeline_report(config, plan, compile_step),
     }
     report.update(_fit(plan.total_bytes, memory))
     if report["fits"] is False:
@@ -123,12 +135,42 @@ def _config_report(config, n_devices: int, precision: str, memory: float | None,
     return report
 
 
+def _pipeline_report(config, plan, compile_step: bool) -> dict | None:
+    """Bubble and activations in flight of the schedule; compiled, the temporaries of GPipe and 1F1B side by side."""
+    if plan.pipeline is None:
+        return None
+    report = dataclasses.asdict(plan.pipeline)
+    if compile_step:
+        from meshtron.train.planner.compiled import compile_step as compile_figures
+
+        report["compiled_temp_bytes"] = {}
+        for schedule in ("gpipe", "1f1b"):
+            variant = dataclasses.replace(config, parallel=dataclasses.replace(config.parallel, schedule=schedule))
+            report["compiled_temp_bytes"][schedule] = compile_figures(variant, plan.shape).temp_bytes
+    return report
+
+
+def _pipeline_text(r: dict) -> list[str]:
+    p = r.get("pipeline")
+    if not p:
+        return []
+    lines = [f"pipeline: {p['stages']} stages, {p['microbatches']} micro-batches, schedule {p['schedule']}"
+             + (f" with {p['virtual_stages']} virtual stages" if p["virtual_stages"] > 1 else "")
+             + f": {p['ticks']} ticks, bubble {p['bubble_fraction']:.1%} (formula {p['bubble_formula']:.1%}), "
+             f"activations of {p['in_flight']} micro-batch(es) in flight per stage"]
+    for schedule, temp in (p.get("compiled_temp_bytes") or {}).items():
+        lines.append(f"  compiled temporaries with {schedule:<6}{_bytes(temp):>12}")
+    return lines + [""]
+
+
 def _plan_figures(plan) -> dict:
     """The formula side of a plan as plain numbers (bytes per device; elements/bytes per step per axis)."""
     return {
         "params_bytes": plan.params_bytes, "grads_bytes": plan.grads_bytes, "optimizer_bytes": plan.optimizer_bytes,
         "batch_bytes": plan.batch_bytes, "step_bytes": plan.step_bytes, "argument_bytes": plan.argument_bytes,
         "gathered_bytes": plan.gathered_bytes, "activation_bytes": plan.activation_bytes,
+        "compute_copy_bytes": plan.compute_copy_bytes, "working_bytes": plan.working_bytes,
+        "temporary_bytes": plan.temporary_bytes,
         "activation_bytes_per_layer": plan.activation_bytes_per_layer,
         "activation_bytes_outside_layers": plan.activation_bytes_outside_layers, "total_bytes": plan.total_bytes,
         "comm_elements": plan.comm_elements(), "comm_bytes": plan.comm_bytes(),
@@ -148,7 +190,7 @@ def _config_text(r: dict) -> list[str]:
              + f", ZeRO stage {r['zero_stage']}, remat {r['remat']}",
              f"micro-batch: {r['micro_batch']} sequences x {r['seq_len']} tokens per device, grad_accum "
              f"{r['grad_accum']}; precision {r['precision']} ({b}-byte activations)", ""]
-    lines += _memory_lines(r) + [""] + _comm_lines(r) + [""]
+    lines += _pipeline_text(r) + _memory_lines(r) + [""] + _comm_lines(r) + [""]
     lines += [f"ZeRO stages on this mesh (model state per device; {r['precision']} precision):",
               f"  {'stage':<7}{'params':>12}{'grads':>12}{'optimizer':>12}{'total':>12}"]
     for stage, s in r["stages"].items():
@@ -175,13 +217,15 @@ def _memory_lines(r: dict) -> list[str]:
         ("gradients", f["grads_bytes"], None, "transient: built in the backward pass, not a step argument"),
         ("gathered weights (ZeRO-3)", f["gathered_bytes"], None, "embedding/head for the step + one block"),
         ("activations per layer", f["activation_bytes_per_layer"], None, ""),
-        (f"activations ({r['n_layers']} layers + output)", f["activation_bytes"], c.get("temp_bytes"),
-         "compiled: temp size = activations + all temporaries; not comparable" if c else ""),
+        (f"activations ({r['n_layers']} layers + output)", f["activation_bytes"], None, ""),
+        ("parameters in compute dtype", f["compute_copy_bytes"], None, "cast once for all layers (XLA)"),
+        ("backward working set", f["working_bytes"], None, "one block, f32 scores, logits grad (+ZeRO-3 grads)"),
+        ("= temporaries", f["temporary_bytes"], c.get("temp_bytes"), "compiled: memory_analysis temp size" if c else ""),
         ("total", f["total_bytes"], None, ""),
     ]
     lines = [f"{'memory per device':<34}{'formula':>12}{'compiled' if c else '':>12}"]
     for label, value, compiled_value, note in rows:
-        if label.startswith("gathered") and not value:
+        if label.startswith(("gathered", "parameters in")) and not value:
             continue
         compiled_text = _bytes(compiled_value) if compiled_value is not None else ""
         lines.append(f"  {label:<32}{_bytes(value):>12}{compiled_text:>12}"

@@ -64,27 +64,38 @@ def check_compilable(config: Config, shape: MeshShape) -> None:
                         f"with `meshtron --cpu-devices {shape.devices} plan ...`")
 
 
-@functools.lru_cache(maxsize=16)
-def compile_step(config: Config, shape: MeshShape) -> CompiledFigures:
-    """Compile the train step of `config` for `shape` on the first shape.devices devices and read its
-    memory and collectives (cached: a config and mesh compile once per process)."""
+def lower_train_step(config: Config, mesh, shape: MeshShape):
+    """The train step `meshtron train` runs, lowered for `mesh` with abstract arguments (nothing allocated);
+    returns (lowered, number of parameter and optimizer-state arguments)."""
     import jax
     import jax.numpy as jnp
 
     from meshtron.train.run.step import build_training
 
-    check_compilable(config, shape)
-    mesh = build_mesh(shape, jax.devices()[:shape.devices])
     training = build_training(config, mesh, shape)
     params, opt_state = training.abstract_state()
-    tokens = training.abstract_batch()
     step = jax.ShapeDtypeStruct((), jnp.int32)
-    lowered = training.compile_train_step().lower(params, opt_state, tokens, step)
-    # the plan reads the HLO and its buffer assignment, both settled before code generation, and never
-    # runs the program: skipping the backend's optimisation halves the compile time, same figures
-    compiled = lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
+    lowered = training.compile_train_step().lower(params, opt_state, training.abstract_batch(), step)
+    return lowered, len(jax.tree.leaves(params)) + len(jax.tree.leaves(opt_state))
+
+
+def read_figures(compiled, shape: MeshShape) -> CompiledFigures:
+    """Memory and collectives of a compiled train step."""
     memory, text = compiled.memory_analysis(), compiled.as_text()
     return CompiledFigures(
         argument_bytes=int(memory.argument_size_in_bytes), output_bytes=int(memory.output_size_in_bytes),
         alias_bytes=int(memory.alias_size_in_bytes), temp_bytes=int(memory.temp_size_in_bytes),
         collectives=tuple(hlo.collectives(text, shape.as_dict())), hlo_text=text)
+
+
+@functools.lru_cache(maxsize=16)
+def compile_step(config: Config, shape: MeshShape) -> CompiledFigures:
+    """Compile the train step of `config` for `shape` on the first shape.devices devices and read its
+    memory and collectives (cached: a config and mesh compile once per process)."""
+    import jax
+
+    check_compilable(config, shape)
+    lowered, _ = lower_train_step(config, build_mesh(shape, jax.devices()[:shape.devices]), shape)
+    # the plan reads the HLO and its buffer assignment, both settled before code generation, and never
+    # runs the program: skipping the backend's optimisation halves the compile time, same figures
+    return read_figures(lowered.compile(compiler_options={"xla_backend_optimization_level": 0}), shape)

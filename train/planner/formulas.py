@@ -29,7 +29,7 @@ from meshtron.configs.schema import Config, ModelConfig, TrainConfig
 from meshtron.model.layers import compute_dtype
 from meshtron.model.transformer import Transformer
 from meshtron.parallel.mesh import MeshShape
-from meshtron.parallel.rules import MEGATRON, Rules, partition_spec, zero_dim
+from meshtron.parallel.rules import MEGATRON, PIPELINE, Rules, partition_spec, zero_dim
 from meshtron.parallel.zero import logical_names
 from meshtron.train.run.optim import make_optimizer
 
@@ -229,7 +229,10 @@ def data_axis_terms(params, config: Config, shape: MeshShape, precision: Precisi
     if n == 1:
         return []
     degrees = shape.as_dict()
-    local = lambda keep: sum(shard_elements(t, MEGATRON, degrees) for t in params if keep(t))  # noqa: E731
+    table = MEGATRON
+    if shape.stage > 1:  # a stage holds its own layers and runs every pipeline micro-batch through them
+        table, accum = {**MEGATRON, **PIPELINE}, accum * config.parallel.microbatches
+    local = lambda keep: sum(shard_elements(t, table, degrees) for t in params if keep(t))  # noqa: E731
     split_blocks = local(lambda t: zero_dim(t.names) is not None and t.in_blocks)
     regathered = local(lambda t: zero_dim(t.names) is not None and t.in_blocks and not t.is_bias)
     split_outer = local(lambda t: zero_dim(t.names) is not None and not t.in_blocks)

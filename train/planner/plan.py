@@ -18,10 +18,11 @@ from meshtron.configs.errors import ConfigError
 from meshtron.configs.loader import config_from_dict, config_to_dict
 from meshtron.configs.schema import Config
 from meshtron.model.counting import count_params
-from meshtron.train.planner import formulas
+from meshtron.train.planner import formulas, temporaries
 from meshtron.parallel.mesh import MeshShape, resolve_mesh_shape
 from meshtron.train.planner.formulas import CommTerm, Precision
 from meshtron.parallel.rules import rules_for
+from meshtron.train.planner.pipeline import PipelineFigures, pipeline_figures, stage_axis_terms
 
 STAGES = (0, 1, 2, 3)
 REMAT_ORDER = ("none", "dots", "full")  # less memory, more recomputation, left to right
@@ -41,10 +42,14 @@ class Plan:
     batch_bytes: int
     step_bytes: int
     gathered_bytes: int  # ZeRO-3's gathered weights (embedding/head for the step, one block at a time)
-    activation_bytes_per_layer: int
+    compute_copy_bytes: int  # the local parameters cast to the compute dtype (planner/temporaries.py)
+    working_bytes: int  # one block's backward, the logits' gradient, ZeRO-3's gathered gradients
+    activation_bytes_per_layer: int  # Korthikanti et al. 2022's count
+    kept_bytes_per_layer: int  # what the compiled block keeps beyond it (float32 copies; temporaries.py)
     activation_bytes_outside_layers: int
     comm: tuple[CommTerm, ...]
     stages: dict  # ZeRO stage -> {params_bytes, grads_bytes, optimizer_bytes} on this mesh
+    pipeline: PipelineFigures | None = None  # with pipeline stages: bubble, activations in flight
 
     @property
     def zero_stage(self) -> int:
@@ -53,8 +58,11 @@ class Plan:
 
     @property
     def activation_bytes(self) -> int:
-        """All layers' saved activations plus the output layer's, for one micro-batch."""
-        return self.config.model.n_layers * self.activation_bytes_per_layer + self.activation_bytes_outside_layers
+        """All layers' saved activations plus the output layer's, for one micro-batch; with pipeline stages,
+        this stage's layers for every micro-batch it keeps in flight."""
+        per_layer = self.activation_bytes_per_layer + self.kept_bytes_per_layer
+        layers = self.config.model.n_layers * (self.pipeline.layers_in_flight_per_layer if self.pipeline else 1)
+        return round(layers * per_layer) + self.activation_bytes_outside_layers
 
     @property
     def argument_bytes(self) -> int:
@@ -62,9 +70,15 @@ class Plan:
         return self.params_bytes + self.optimizer_bytes + self.batch_bytes + self.step_bytes
 
     @property
+    def temporary_bytes(self) -> int:
+        """Everything that is not an argument: what compiled memory_analysis() calls temp_size."""
+        return (self.grads_bytes + self.gathered_bytes + self.compute_copy_bytes + self.activation_bytes
+                + self.working_bytes)
+
+    @property
     def total_bytes(self) -> int:
-        """Arguments, gradient buffer, gathered weights and activations: the figure checked against a device."""
-        return self.argument_bytes + self.grads_bytes + self.gathered_bytes + self.activation_bytes
+        """Arguments and temporaries: the figure checked against a device."""
+        return self.argument_bytes + self.temporary_bytes
 
     def comm_elements(self) -> dict[str, float]:
         """Elements sent per device per step, by mesh axis."""
@@ -91,8 +105,10 @@ def _by_axis(terms, value) -> dict[str, float]:
 
 
 def micro_batch_size(config: Config, shape: MeshShape) -> int:
-    """Sequences one device runs per micro-batch: batch_size / (replica x data) / grad_accum."""
-    return config.train.batch_size // shape.batch_shards // config.train.grad_accum
+    """Sequences one device runs per micro-batch: batch_size / (replica x data) / grad_accum (or / the
+    pipeline's micro-batches)."""
+    micro = config.parallel.microbatches if shape.stage > 1 else 1
+    return config.train.batch_size // shape.batch_shards // config.train.grad_accum // micro
 
 
 def make_plan(config: Config, n_devices: int, precision: str = "config") -> Plan:
@@ -102,20 +118,38 @@ def make_plan(config: Config, n_devices: int, precision: str = "config") -> Plan
     vocab_rows = m.padded_vocab(shape.tensor)
     params, opt_state = formulas.state_tensors(m, t, vocab_rows)
     prec = formulas.precision_for(precision, m)
-    rules, degrees = rules_for(config.parallel.zero_stage), shape.as_dict()
+    staged = shape.stage > 1
+    rules, degrees = rules_for(config.parallel.zero_stage, staged), shape.as_dict()
     micro = micro_batch_size(config, shape)
-    stages = {s: formulas.model_state_bytes(params, opt_state, rules_for(s), degrees, prec) for s in STAGES}
+    stages = {s: formulas.model_state_bytes(params, opt_state, rules_for(s, staged), degrees, prec) for s in STAGES}
+    figures = pipeline_figures(config)
+    share_model, passes = _stage_share(m, t.grad_accum, figures)
     comm = (formulas.data_axis_terms(params, config, shape, prec)
             + formulas.replica_axis_terms(params, config, shape, rules, prec)
-            + formulas.tensor_axis_terms(m, micro, t.grad_accum, shape.tensor, prec.activation_bytes))
+            + formulas.tensor_axis_terms(share_model, micro, passes, shape.tensor, prec.activation_bytes)
+            + stage_axis_terms(params, config, shape, rules, micro, prec.activation_bytes, figures))
+    gathered = formulas.gathered_weight_bytes(params, rules, degrees, m, prec)
+    working = (temporaries.block_working_bytes(m, micro, shape.tensor, prec.activation_bytes)
+               + temporaries.logits_gradient_bytes(m, micro, shape.tensor, vocab_rows)
+               + temporaries.gathered_gradient_bytes(gathered))
     return Plan(
         config=config, shape=shape, precision=prec, micro_batch=micro, **stages[config.parallel.zero_stage],
         batch_bytes=formulas.batch_bytes(config, shape), step_bytes=formulas.step_argument_bytes(config),
-        gathered_bytes=formulas.gathered_weight_bytes(params, rules, degrees, m, prec),
+        gathered_bytes=gathered, compute_copy_bytes=temporaries.compute_copy_bytes(params, rules, degrees, prec),
+        working_bytes=working,
         activation_bytes_per_layer=formulas.activation_bytes_per_layer(m, micro, shape.tensor, prec.activation_bytes),
+        kept_bytes_per_layer=temporaries.kept_bytes_per_layer(m, micro, shape.tensor, prec.activation_bytes),
         activation_bytes_outside_layers=formulas.activation_bytes_outside_layers(
             m, micro, shape.tensor, vocab_rows, prec.activation_bytes),
-        comm=tuple(comm), stages=stages)
+        comm=tuple(comm), stages=stages, pipeline=figures)
+
+
+def _stage_share(model, grad_accum: int, figures: PipelineFigures | None):
+    """(model, micro-batch passes) as one device sees them: with pipeline stages, its L/P layers for M
+    micro-batches (a bound: the embedding and output layer run on the first and last stage only)."""
+    if figures is None:
+        return model, grad_accum
+    return dataclasses.replace(model, n_layers=model.n_layers // figures.stages), figures.microbatches
 
 
 def params_total(config: Config) -> int:

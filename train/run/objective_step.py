@@ -21,11 +21,12 @@ FIELDS = {"mlm": ("inputs", "targets", "weights"),
           "prefix_lm": ("inputs", "targets", "weights", "prefix")}
 
 
-def batch_spec(objective: str):
-    """PartitionSpec (tree) of a global batch."""
+def batch_spec(objective: str, axes: tuple = BATCH_AXES):
+    """PartitionSpec (tree) of a global batch split over the mesh axes `axes`."""
+    axes = axes or None
     if objective == "causal":
-        return P(BATCH_AXES, None)
-    return {k: P(BATCH_AXES) if k == "prefix" else P(BATCH_AXES, None) for k in FIELDS[objective]}
+        return P(axes, None)
+    return {k: P(axes) if k == "prefix" else P(axes, None) for k in FIELDS[objective]}
 
 
 def batch_shapes(config: Config) -> dict:
@@ -52,9 +53,10 @@ def weighted_losses(model, batch: dict, objective: str, key) -> jax.Array:
     return jnp.sum(jnp.where(batch["weights"] > 0, losses, 0.0) * batch["weights"])
 
 
-def global_weight(batch: dict) -> jax.Array:
-    """Sum of the weights of the global batch (inside the sharded step)."""
-    return jax.lax.psum(jnp.sum(batch["weights"]), BATCH_AXES)
+def global_weight(batch: dict, axes: tuple = BATCH_AXES) -> jax.Array:
+    """Sum of the weights of the global batch (inside the sharded step; the batch is split over `axes`)."""
+    total = jnp.sum(batch["weights"])
+    return jax.lax.psum(total, axes) if axes else total
 
 
 def host_arrays(local_batch, objective: str):

@@ -8,6 +8,7 @@ device every collective is a no-op and this is a plain train step.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 
@@ -23,9 +24,10 @@ from meshtron.model.layers import compute_dtype
 from meshtron.model.families import family
 from meshtron.parallel import spmd, zero
 from meshtron.parallel.mesh import MeshShape
-from meshtron.parallel.rules import BATCH_AXES, Rules, rules_for
+from meshtron.parallel.rules import BATCH_AXES, ZERO_AXIS, Rules, rules_for
 from meshtron.train.run import objective_step
 from meshtron.train.run.optim import make_optimizer
+from meshtron.train.run.pipeline_step import PipelineSteps
 
 
 def _named(mesh, spec_tree):
@@ -45,11 +47,17 @@ class Training:
     param_specs: object
     opt_specs: object
     vocab_rows: int
+    grad_specs: object = None  # summed gradients, split like the optimizer state (ZeRO from stage 1)
+
+    @property
+    def batch_axes(self) -> tuple:
+        """The mesh axes of size > 1 the batch is split over (none on one device)."""
+        return tuple(a for a in BATCH_AXES if self.mesh.shape[a] > 1)
 
     @property
     def batch_spec(self) -> P:
         """Token batches (B, T+1) (or the objective's arrays) are split over the batch axes."""
-        return objective_step.batch_spec(self.config.train.objective)
+        return objective_step.batch_spec(self.config.train.objective, self.batch_axes)
 
     @property
     def batch_sharding(self) -> NamedSharding:
@@ -63,7 +71,7 @@ class Training:
 
     def layout(self) -> spmd.Layout:
         """What the model's collectives need to know while the step is traced."""
-        return spmd.Layout(params=self.rules.params, compute=self.rules.compute, data_axes=BATCH_AXES,
+        return spmd.Layout(params=self.rules.params, compute=self.rules.compute, data_axes=self.batch_axes,
                            gather_dtype=compute_dtype(self.config.model))
 
     # -- state ---------------------------------------------------------------------------
@@ -109,9 +117,9 @@ class Training:
         grad_fn = jax.value_and_grad(self._loss_fn())
         with spmd.active_layout(self.layout()):
             # gradients with respect to per-device copies stay per-device; zero.py reduces them
-            local = jax.tree.map(lambda p: zero.make_varying(p, BATCH_AXES), params)
+            local = jax.tree.map(lambda p: zero.make_varying(p, self.batch_axes), params)
             micro = jax.tree.map(lambda a: a.reshape(accum, a.shape[0] // accum, *a.shape[1:]), tokens)
-            total = () if t.objective == "causal" else (objective_step.global_weight(tokens),)
+            total = () if t.objective == "causal" else (objective_step.global_weight(tokens, self.batch_axes),)
             key = jax.random.fold_in(key, spmd.data_index())
 
             def micro_step(i):
@@ -134,10 +142,16 @@ class Training:
                     return (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)), None
 
                 (loss, grads), _ = jax.lax.scan(body, (loss0, zeros), jnp.arange(accum))
-            if rules.zero_stage < 2:
-                grads = zero.reduce_over_data(grads, rules)
+            if rules.zero_stage == 1 or (rules.zero_stage == 0 and self.mesh.shape[ZERO_AXIS] > 1):
+                grads = zero.reduce_over_data(grads, rules)  # (one device: nothing to sum)
             grads = zero.reduce_over_replicas(grads)
-            loss = jax.lax.psum(loss, BATCH_AXES)
+            return self.apply_update(params, opt_state, grads, jax.lax.psum(loss, self.batch_axes))
+
+    def apply_update(self, params, opt_state, grads, loss):
+        """Inside the sharded step, from gradients already summed over data and replicas (laid out by
+        `grad_specs`): norm, clipping, the optimizer update on this device's shard, NaN/Inf skipping."""
+        rules, t = self.rules, self.config.train
+        with spmd.active_layout(self.layout()):
             grad_norm = zero.global_norm(grads, rules.opt_state)
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             if t.grad_clip > 0:
@@ -153,6 +167,8 @@ class Training:
 
     def compile_train_step(self):
         """jit(params, opt_state, tokens (B, T+1), step) -> (params, opt_state, metrics); buffers donated."""
+        if self.shape.stage > 1:
+            return PipelineSteps(self).compile_train_step()
         seed = self.config.train.seed
         step_fn = jax.shard_map(
             self._local_step, mesh=self.mesh,
@@ -167,6 +183,8 @@ class Training:
 
     def compile_eval_step(self):
         """jit(params, tokens (B, T+1)) -> mean next-token loss over the batch."""
+        if self.shape.stage > 1:
+            return PipelineSteps(self).compile_eval_step()
         graphdef, objective = self.graphdef, self.config.train.objective
 
         def local_eval(params, tokens):
@@ -174,10 +192,10 @@ class Training:
                 model = nnx.merge(graphdef, params)
                 if objective != "causal":
                     return jax.lax.psum(objective_step.weighted_losses(model, tokens, objective, None),
-                                        BATCH_AXES) / objective_step.global_weight(tokens)
+                                        self.batch_axes) / objective_step.global_weight(tokens, self.batch_axes)
                 losses = model.token_losses(tokens[:, :-1], tokens[:, 1:])
-                total = jax.lax.psum(jnp.sum(losses), BATCH_AXES)
-                count = jax.lax.psum(jnp.asarray(losses.size, jnp.float32), BATCH_AXES)
+                total = jax.lax.psum(jnp.sum(losses), self.batch_axes)
+                count = jax.lax.psum(jnp.asarray(losses.size, jnp.float32), self.batch_axes)
                 return total / count
 
         return jax.jit(jax.shard_map(local_eval, mesh=self.mesh, in_specs=(self.param_specs, self.batch_spec),
@@ -196,9 +214,20 @@ def _expand(spec_tree, tree):
                         is_leaf=lambda x: isinstance(x, P) or is_var(x))
 
 
+def live_rules(rules: Rules, mesh: jax.sharding.Mesh) -> Rules:
+    """The rule tables without Megatron's mesh axes of size 1: a split over one device is no split, and a
+    value never marked as varying over such an axis needs no collective over it, so a one-device or
+    pure data-parallel step carries no all-reduce over groups of one (each a copy and a sync on CPU).
+    ZeRO's data axis stays: its stages keep their structure at any degree."""
+    def live(table: dict) -> dict:
+        return {name: tuple(a for a in axes if a == ZERO_AXIS or mesh.shape[a] > 1) for name, axes in table.items()}
+    return dataclasses.replace(rules, params=live(rules.params), grads=live(rules.grads),
+                               opt_state=live(rules.opt_state), compute=live(rules.compute))
+
+
 def build_training(config: Config, mesh: jax.sharding.Mesh, shape: MeshShape) -> Training:
     """Abstract model, rule tables and optimizer for `config` on `mesh` (nothing allocated yet)."""
-    rules = rules_for(config.parallel.zero_stage)
+    rules = live_rules(rules_for(config.parallel.zero_stage, pipeline=shape.stage > 1), mesh)
     vocab_rows = config.model.padded_vocab(shape.tensor)
     abstract = nnx.eval_shape(lambda: family(config.model).module(config.model, nnx.Rngs(params=0), vocab_rows))
     graphdef, abstract_params = nnx.split(abstract)
@@ -206,4 +235,5 @@ def build_training(config: Config, mesh: jax.sharding.Mesh, shape: MeshShape) ->
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     return Training(config=config, mesh=mesh, shape=shape, rules=rules, graphdef=graphdef, tx=tx,
                     param_specs=zero.specs(abstract_params, rules.params),
-                    opt_specs=zero.specs(abstract_opt, rules.opt_state), vocab_rows=vocab_rows)
+                    opt_specs=zero.specs(abstract_opt, rules.opt_state), vocab_rows=vocab_rows,
+                    grad_specs=zero.specs(abstract_params, rules.opt_state))

@@ -1,0 +1,29 @@
+"""The speed tools run and report every field (what they measure is for BENCHMARKS.md, never asserted here)."""
+
+import json
+
+from meshtron.tools import gpu_bench, peers
+
+
+def test_side_by_side_times_each_system_in_turn_and_reports_every_field():
+    systems = ["meshtron", "baseline", "torch-eager"]
+    rows = peers.side_by_side("micro", systems, rounds=2)
+    assert [r["system"] for r in rows] == systems
+    for r in rows:
+        assert set(peers.FIELDS) <= set(r)
+        assert 0 < r["tokens_per_s_min"] <= r["tokens_per_s_median"] <= r["tokens_per_s_max"]
+    assert rows[0]["over_meshtron"] == 1.0
+    table = peers.format_table("micro", rows)
+    assert all(f"| {name} |" in table for name in systems) and "speed vs Meshtron" in table
+
+
+def test_gpu_script_dry_run_writes_every_field(tmp_path):
+    assert gpu_bench.main(["--dry-run", "--out", str(tmp_path), "--steps", "1"]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["remat"] == "none" and "model.attention=cudnn" in result["overrides"]
+    assert "model.compute_dtype=bfloat16" in result["overrides"]
+    for field in ("tokens_per_s", "mfu_vs_published", "mfu_vs_measured", "peak_flops_measured", "compile_seconds"):
+        assert field in result["bench"], field
+    profile = result["profile"]
+    assert profile["ops"] and abs(sum(profile["by_kind_percent"].values()) - 100) < 1
+    assert "MFU vs published peak" in (tmp_path / "summary.md").read_text()
