@@ -45,6 +45,9 @@ def read_config_source(name_or_path: str) -> tuple[dict, str]:
     """The raw mapping of a preset name or a YAML path, and the config's name."""
     path = Path(name_or_path)
     if name_or_path.endswith((".yaml", ".yml")) or path.exists():
+        if path.is_dir():
+            raise ConfigError(f"--config {name_or_path} is a folder; give a YAML file or a preset "
+                              f"({', '.join(preset_names())})")
         if not path.is_file():
             raise ConfigError(f"--config {name_or_path}: no such file; give a YAML path or a preset "
                               f"({', '.join(preset_names())})")

@@ -231,7 +231,9 @@ class TrainConfig:
     sample_prompt: str = "def "
     """Prompt of the text sample printed at the end of training ('' for none)."""
     sample_tokens: int = key(64, check=NON_NEGATIVE)
-    """Tokens generated for that sample (0 for none)."""
+    """Tokens generated for that sample (0 for none); more than half the context (model.seq_len) is clamped."""
+    skip_memory_check: bool = False
+    """Train even when the planner's per-device memory estimate exceeds the device's memory."""
     scaling_fit: str = key("")
     """A fit file from `meshtron scaling fit --out` to plan and predict this run with (default: Chinchilla's constants)."""
 

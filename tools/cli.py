@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from meshtron.configs.errors import UserError
+from meshtron.configs.errors import UserError, one_line
 
 COMMANDS = {
     "train": ("meshtron.tools.train_command", "train a model (default: the tiny preset on the Python stdlib)"),
@@ -72,6 +72,13 @@ def _add_common_options(parser) -> None:
     group.add_argument("--process-id", type=int, default=None, metavar="I", help="multi-process job: this one's index")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (its usage block is for --help)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {one_line(message)}; see `{self.prog} --help`\n")
+
+
 def _usage() -> str:
     lines = ["usage: meshtron COMMAND [options]   (meshtron COMMAND --help for each)", "", "commands:"]
     lines += [f"  {name:<9} {help_text}" for name, (_, help_text) in COMMANDS.items()]
@@ -95,8 +102,14 @@ def _jsonable(x):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `meshtron` console command."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    console, argv = argv is None, list(sys.argv[1:] if argv is None else argv)
     try:
+        if console:  # a multi-process job's work runs in a watched child process (tools/supervise.py)
+            from meshtron.tools.supervise import maybe_supervise
+
+            code = maybe_supervise(argv)
+            if code is not None:
+                return code
         _set_cpu_devices(argv)
         from meshtron.parallel.jax_compat import skip_absent_tpu
         from meshtron.parallel.xla_flags import apply_default_flags
@@ -108,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             if name is None:
                 print(_usage())
                 return 0 if any(a in ("-h", "--help") for a in argv) else 2
-            print(f"meshtron: error: unknown command '{name}'; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+            print(f"meshtron: error: unknown command '{one_line(name)}'; commands: {', '.join(COMMANDS)}",
+                  file=sys.stderr)
             return 2
-        parser = argparse.ArgumentParser(prog="meshtron")
+        parser = _Parser(prog="meshtron")
         sub = parser.add_subparsers(dest="command")
         module = importlib.import_module(COMMANDS[name][0])
         p = sub.add_parser(name, description=COMMANDS[name][1])
@@ -129,9 +143,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as e:  # user-fixable errors are one line; anything else is a bug and keeps its traceback
         if isinstance(e, UserError):
-            print(f"meshtron: error: {e}", file=sys.stderr)
+            print(f"meshtron: error: {e}", file=sys.stderr)  # UserError's text is one line
             return 2
+        _peer_failure(e)
         raise
+
+
+def _peer_failure(error: Exception) -> None:
+    """A collective of a multi-process job that failed because a peer died ends in one line (parallel/peers.py)."""
+    if "jax" not in sys.modules:
+        return
+    import jax
+
+    from meshtron.parallel.peers import exit_peer_lost, is_peer_failure
+
+    if jax.process_count() > 1 and is_peer_failure(error):
+        exit_peer_lost(jax.process_index(), jax.process_count(),
+                       f"a collective failed ({one_line(str(error).strip().splitlines()[0])[:160]})")
 
 
 if __name__ == "__main__":

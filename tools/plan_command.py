@@ -32,8 +32,8 @@ def _positive(text: str, flag: str, units: dict, example: str) -> float:
         value = float(match.group(1).replace("_", "").replace(",", "")) * scale
     except (AttributeError, TypeError, ValueError):
         raise UserError(f"{flag} {text!r}: not understood; write it like {example}") from None
-    if value <= 0:
-        raise UserError(f"{flag} {text}: must be positive")
+    if not 0 < value < float("inf"):
+        raise UserError(f"{flag} {text}: must be a positive, finite number")
     return value
 
 

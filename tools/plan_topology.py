@@ -51,7 +51,7 @@ def run(args) -> tuple[dict, list[str]]:
 def _check_layout(config, topology) -> None:
     """One line, before anything is compiled, when the config's degrees cannot span the slice."""
     p = config.parallel
-    fixed = p.replica * p.tensor * (p.data if p.data != -1 else 1)
+    fixed = p.pipeline * p.replica * p.tensor * (p.data if p.data != -1 else 1)
     if (p.data != -1 and fixed != topology.chips) or topology.chips % fixed:
         more = "more" if fixed > topology.chips else "other"
         raise UserError(f"the layout replica x data x tensor = {p.replica} x {p.data} x {p.tensor} needs {more} chips "

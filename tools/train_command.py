@@ -5,10 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import yaml
-
 from meshtron.configs.errors import UserError
-from meshtron.configs.loader import config_from_dict, load_config
+from meshtron.configs.loader import config_from_dict, load_config, read_config_source
 
 
 def add_arguments(parser) -> None:
@@ -29,12 +27,22 @@ def resolve_config(config_arg: str | None, run_dir: Path | None, overrides: list
     """The config of a new run, or of the run in `run_dir` (its saved config plus overrides)."""
     saved = run_dir / "config.yaml" if run_dir is not None else None
     if saved is not None and saved.exists():
-        raw = yaml.safe_load(saved.read_text())
+        raw, _ = read_config_source(str(saved))
         if config_arg is not None and config_arg != raw.get("name"):
             raise UserError(f"{run_dir} holds a run of config '{raw.get('name')}'; drop --config to resume it, or "
                             "use a new --run-dir")
         return config_from_dict(raw, overrides), True
     return load_config(config_arg or "tiny", overrides), False
+
+
+def sample_length(config) -> tuple[int, str | None]:
+    """Tokens of the end-of-training sample, clamped to half the context so the prompt keeps the other
+    half; and a note to print before training when clamped."""
+    asked, context = config.train.sample_tokens, config.model.seq_len
+    if asked <= context // 2:
+        return asked, None
+    return context // 2, (f"note: train.sample_tokens={asked} is more than half the model's context of {context} "
+                          f"tokens: the sample has {context // 2}")
 
 
 def run(args) -> int:
@@ -43,16 +51,24 @@ def run(args) -> int:
 
     from meshtron.parallel.mesh import resolve_mesh_shape
     from meshtron.train.data.prepare import check_source
+    from meshtron.train.planner.memory_check import check_memory
     from meshtron.train.run.loop import train
+    from meshtron.train.run.rundir import check_run_dir
 
     run_dir = Path(args.run_dir) if args.run_dir else None
+    if run_dir is not None:
+        check_run_dir(run_dir)
     overrides = args.overrides + ([f"train.scaling_fit={args.fit}"] if args.fit else [])
     config, resuming = resolve_config(args.config, run_dir, overrides)
     resolve_mesh_shape(config, jax.device_count())  # every config error before data, compilation or allocation
     check_source(config.data)
+    check_memory(config, jax.device_count(), jax.local_devices())
+    sample_tokens, note = sample_length(config)
     if run_dir is None:
         run_dir = Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     log = (lambda *a, **k: None) if args.json else print
+    if note:
+        log(note)
     started = time.time()
     result = train(config, run_dir, log=log)
     summary = {
@@ -64,12 +80,12 @@ def run(args) -> int:
     }
     sample = None
     decoder = config.model.arch == "decoder"  # encoders are sampled with `meshtron fill` / `generate --input`
-    if decoder and not result.interrupted and config.train.sample_tokens and config.train.sample_prompt is not None:
+    if decoder and not result.interrupted and sample_tokens and config.train.sample_prompt is not None:
         from meshtron.train.generate import generate, load_run
 
         if jax.process_count() == 1:
             model, tokenizer, _, _ = load_run(run_dir)
-            ids = generate(model, tokenizer.encode(config.train.sample_prompt), config.train.sample_tokens,
+            ids = generate(model, tokenizer.encode(config.train.sample_prompt), sample_tokens,
                            temperature=0.8, top_k=40, seed=config.train.seed, eos_id=tokenizer.eos_id)
             sample = config.train.sample_prompt + tokenizer.decode(ids)
             summary["sample"] = sample

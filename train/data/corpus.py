@@ -122,14 +122,20 @@ def local_files(source: str) -> tuple[list[str], str]:
         if not _looks_like_text(str(path)):
             raise ConfigError(f"config key 'data.source': {source} is a binary file, not text")
         return [str(path.resolve())], str(path.resolve().parent)
-    files = []
+    if not path.is_dir():
+        raise ConfigError(f"config key 'data.source': {source} is neither a file nor a folder; give stdlib, a text "
+                          "file or folder, or tfds:NAME")
+    files, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             if (Path(name).suffix.lower() in TEXT_SUFFIXES and not name.startswith(".") and os.access(full, os.R_OK)
                     and os.path.getsize(full) > 0 and _looks_like_text(full)):
-                files.append(str(Path(full).resolve()))
+                identity = (os.stat(full).st_dev, os.stat(full).st_ino)  # one file reached by several paths (links)
+                if identity not in seen:
+                    seen.add(identity)
+                    files.append(str(Path(full).resolve()))
     if not files:
         raise ConfigError(f"config key 'data.source': folder {source} holds no readable, non-empty text files")
     return files, str(path.resolve())

@@ -47,8 +47,8 @@ def check_fits_topology(shape: MeshShape, topology: Topology) -> None:
     """One-line UserError when the layout's mesh does not span exactly the slice's chips."""
     if shape.devices != topology.chips:
         more = "more" if shape.devices > topology.chips else "fewer"
-        raise UserError(f"the layout replica x data x tensor = {shape.replica} x {shape.data} x {shape.tensor} "
-                        f"needs {shape.devices} chips, {more} than {topology.name} has ({topology.chips}); use "
+        raise UserError(f"the layout stage x replica x data x tensor = {shape.stage} x {shape.replica} x "
+                        f"{shape.data} x {shape.tensor} needs {shape.devices} chips, {more} than {topology.name} has ({topology.chips}); use "
                         f"parallel.data=-1 to fill the slice, or another --topology")
     if topology.slices > 1 and shape.replica % topology.slices:
         raise UserError(f"{topology.name} joins {topology.slices} slices over the data-center network: set "
@@ -96,7 +96,7 @@ def topology_devices(topology: Topology) -> tuple:
 
 
 def topology_mesh(shape: MeshShape, topology: Topology):
-    """A (replica, data, tensor) mesh over the slice, laid out along its torus (tensor innermost:
+    """A (stage, replica, data, tensor) mesh over the slice, laid out along its torus (tensor innermost:
     neighbouring chips), replica groups across slices when there are several."""
     import numpy as np
     from jax.experimental import mesh_utils
@@ -106,11 +106,12 @@ def topology_mesh(shape: MeshShape, topology: Topology):
 
     check_fits_topology(shape, topology)
     devices = list(topology_devices(topology))
-    dims = (shape.replica, shape.data, shape.tensor)
+    dims = (shape.stage, shape.replica, shape.data, shape.tensor)  # MESH_AXES order
     try:
         if topology.slices > 1:
-            grid = mesh_utils.create_hybrid_device_mesh((shape.replica // topology.slices, shape.data, shape.tensor),
-                                                        (topology.slices, 1, 1), devices)
+            grid = mesh_utils.create_hybrid_device_mesh(
+                (shape.stage, shape.replica // topology.slices, shape.data, shape.tensor),
+                (1, topology.slices, 1, 1), devices)
         else:
             grid = mesh_utils.create_device_mesh(dims, devices)
     except Exception:  # noqa: BLE001  a shape (or GPU devices) the torus helper cannot place: plain order

@@ -3,7 +3,8 @@
 Each checkpoint holds the parameters and optimizer state (sharded arrays, written by every
 process for its own shards) and a JSON `meta` item: the step, the seed (every random
 stream is a function of seed and step), the data position (batches consumed), the
-resolved config and the tokenizer. Orbax writes into a temporary directory and renames
+resolved config, the tokenizer and a checksum of every saved array (train/run/checksums.py),
+verified when the checkpoint is restored. Orbax writes into a temporary directory and renames
 it when complete, so a half-written checkpoint is never picked up.
 """
 
@@ -23,6 +24,7 @@ from meshtron.configs.errors import UserError
 from meshtron.configs.loader import config_from_dict, config_to_dict
 from meshtron.configs.schema import Config, shape_keys
 from meshtron.parallel.zero import logical_names
+from meshtron.train.run.checksums import checksums, verify
 
 CHECKPOINT_DIR = "checkpoints"
 VOCAB = "vocab"  # the logical axis whose padded length may differ between meshes
@@ -60,8 +62,9 @@ class Checkpointer:
 
     def save(self, step: int, params, opt_state, meta: dict, force: bool = False) -> None:
         """Start writing a checkpoint (returns before it is on disk when async)."""
-        args = ocp.args.Composite(state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}),
-                                  meta=ocp.args.JsonSave(meta))
+        state = {"params": params, "opt_state": opt_state}
+        meta = {**meta, "checksums": checksums(state)}
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self.manager.save(step, args=args, force=force)
 
     def read_meta(self, step: int) -> dict:
@@ -79,6 +82,7 @@ class Checkpointer:
         full = {"params": abstract_params, "opt_state": abstract_opt}
         target, repad = _as_saved(full, _vocab_rows(abstract_params), int(meta.get("vocab_rows", 0)))
         restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        verify(meta.get("checksums"), restored["state"], f"checkpoint {step}")
         state = repad(restored["state"])
         return state["params"], state["opt_state"], meta
 
@@ -94,12 +98,15 @@ class Checkpointer:
         """Only the params of checkpoint `step` (the optimizer state is never read), onto the shardings of
         `abstract_params`, re-padding vocabulary rows as restore() does. Orbax binds one restore kind per
         manager: use a fresh Checkpointer for this."""
-        saved_rows = int(self.read_meta(step).get("vocab_rows", 0))
+        meta = self.read_meta(step)
+        saved_rows = int(meta.get("vocab_rows", 0))
         target, repad = _as_saved(abstract_params, _vocab_rows(abstract_params), saved_rows)
         target = {"params": target}
         args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                                       partial_restore=True)
-        return repad(self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]["params"])
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+        verify(meta.get("checksums"), restored, f"checkpoint {step}")
+        return repad(restored["params"])
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""

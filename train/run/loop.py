@@ -144,7 +144,10 @@ class Run:
         self.say(format_start_report(self.scaling))
         self.train_step = self.training.compile_train_step()
         self.eval_step = self.training.compile_eval_step()
-        self.metrics = MetricsWriter(self.run_dir, enabled=self.is_main)
+        self.metrics = MetricsWriter(self.run_dir, enabled=self.is_main, resume_step=self.step)
+        if self.metrics.cut_lines:
+            self.say(f"note: {self.metrics.cut_lines} metrics lines past step {self.step} (logged before the run "
+                     "stopped) moved to metrics.cut.jsonl, TensorBoard's to tensorboard.cut/")
         self.metrics.write({"step": self.step, "event": "scaling_start", **flat(self.scaling),
                             "peak_source": peak_source})
         self.schedule = lr_schedule(t)

@@ -13,10 +13,17 @@ class MetricsWriter:
     Only the main process writes (`enabled=False` elsewhere), so multi-host runs log once.
     """
 
-    def __init__(self, run_dir: Path, enabled: bool = True):
+    def __init__(self, run_dir: Path, enabled: bool = True, resume_step: int | None = None):
+        """resume_step: the step the run continues from; what the record holds past it is cut (train/run/record.py)."""
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
+        self.cut_lines = 0
+        if enabled and resume_step is not None:
+            from meshtron.train.run.record import cut_events, cut_metrics
+
+            self.cut_lines = cut_metrics(run_dir, resume_step)
+            cut_events(run_dir, resume_step)
         if enabled:
             from tensorboardX import SummaryWriter
 

@@ -27,7 +27,7 @@ from meshtron.configs.schema import Config
 
 # What Meshtron writes in a run directory (the lock files aside)
 RUN_FILES = ("config.yaml", "metrics.jsonl", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-             "checkpoints", "tensorboard")
+             "checkpoints", "tensorboard", "metrics.cut.jsonl", "tensorboard.cut")
 
 
 def write_config(run_dir: Path, config: Config) -> None:
@@ -41,6 +41,19 @@ def read_run_config(run_dir: Path) -> Config:
     if not path.is_file():
         raise UserError(f"{run_dir} is not a Meshtron run directory (no config.yaml)")
     return config_from_dict(yaml.safe_load(path.read_text()))
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """A --run-dir must be a folder, or a path where one can be made: anything else is one line."""
+    run_dir = Path(run_dir)
+    for parent in [run_dir, *run_dir.parents]:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                what = "is a file" if parent == run_dir else f"is below {parent}, which is not a folder"
+                raise UserError(f"--run-dir {run_dir} {what}; give a folder (new, or a run to resume)")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(f"--run-dir {run_dir}: {parent} is not writable; give a folder you can write to")
+            return
 
 
 def check_new_run_dir(run_dir: Path) -> None:
