@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from meshtron.configs.errors import ConfigError, UserError  # noqa: F401  (UserError: re-exported)
+from meshtron.configs.objectives import ARCH_OBJECTIVES, check_architecture
 from meshtron.configs.schema import CHOICES, FAMILY_DEFAULTS, SECTION_CLASSES, Config
 
 
@@ -177,6 +178,8 @@ def build_config(flat: dict[str, object], name: str = "custom") -> Config:
     for k, v in FAMILY_DEFAULTS[family].items():
         if model.get(k) is None:
             model[k] = v
+    if sections["train"].get("objective") is None:  # each architecture's own objective by default
+        sections["train"]["objective"] = ARCH_OBJECTIVES[model.get("arch") or "decoder"][0]
     config = Config(**{s: SECTION_CLASSES[s](**v) for s, v in sections.items()}, name=name)
     validate(config)
     return config
@@ -263,6 +266,7 @@ def validate(config: Config) -> None:
              f"{m.kv_heads} kv heads do not divide n_heads={m.n_heads}; use a divisor of n_heads")
     if m.position == "rope":
         _require(m.dim_per_head % 2 == 0, "model.head_dim", f"rotary positions need an even head_dim, got {m.dim_per_head}")
+    check_architecture(config)
     if m.logits_chunk:
         _require(m.seq_len % m.logits_chunk == 0, "model.logits_chunk",
                  f"{m.logits_chunk} does not divide seq_len={m.seq_len}; use a divisor or 0")

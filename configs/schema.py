@@ -22,6 +22,14 @@ FAMILY_DEFAULTS = {
                   parallel_block=False),
     "palm": dict(position="rope", norm="layernorm", mlp="swiglu", bias=False, tie_embeddings=True,
                  parallel_block=True),
+    # encoder-only and encoder-decoder families (model.arch follows the family)
+    "bert": dict(arch="encoder", position="learned", norm="layernorm", mlp="gelu_exact", bias=True,
+                 tie_embeddings=True, parallel_block=False, post_norm=True, embed_norm=True, type_vocab_size=2,
+                 norm_eps=1e-12),
+    "t5": dict(arch="encoder_decoder", position="relative", norm="rmsnorm", mlp="relu", bias=False,
+               tie_embeddings=True, parallel_block=False, norm_eps=1e-6),
+    "transformer": dict(arch="encoder_decoder", position="sinusoidal", norm="layernorm", mlp="relu", bias=True,
+                        tie_embeddings=True, parallel_block=False, post_norm=True),
 }
 
 
@@ -55,7 +63,8 @@ def key(default, *, choices: tuple = (), check: Check | None = None, shape=False
 @dataclass(frozen=True)
 class ModelConfig:
     family: str = key("gpt2", choices=tuple(FAMILY_DEFAULTS))
-    """Model family whose defaults fill the switches below: gpt2 | gpt3 | llama | palm."""
+    """Model family whose defaults fill the switches below: gpt2 | gpt3 | llama | palm (decoders) | bert (encoder) |
+    t5 | transformer (Vaswani et al.) (encoder-decoders)."""
     n_layers: int = key(2, check=POSITIVE, shape=True)
     """Number of transformer blocks."""
     d_model: int = key(128, check=POSITIVE, shape=True)
@@ -72,14 +81,15 @@ class ModelConfig:
     """Tokenizer vocabulary; the embedding is padded to a multiple of vocab_multiple x tensor degree."""
     seq_len: int = key(128, check=POSITIVE, shape=learned_positions)
     """Context length in tokens (training window and the longest generation)."""
-    position: str | None = key(None, choices=("learned", "rope", "sinusoidal"), shape=True)
-    """Positions: learned | rope | sinusoidal (family default)."""
+    position: str | None = key(None, choices=("learned", "rope", "sinusoidal", "relative"), shape=True)
+    """Positions: learned | rope | sinusoidal | relative (T5's bucketed bias; encoder, encoder_decoder) (family default)."""
     norm: str | None = key(None, choices=("layernorm", "rmsnorm"), shape=True)
     """Normalisation: layernorm | rmsnorm (family default)."""
     norm_eps: float = key(1e-5, check=POSITIVE)
     """Epsilon of the normalisation layers."""
-    mlp: str | None = key(None, choices=("gelu", "swiglu"), shape=True)
-    """MLP: gelu (tanh approximation, GPT-2) | swiglu (LLaMA, PaLM) (family default)."""
+    mlp: str | None = key(None, choices=("gelu", "swiglu", "gelu_exact", "relu", "geglu"), shape=True)
+    """MLP: gelu (tanh approximation, GPT-2) | swiglu (LLaMA, PaLM) | gelu_exact (BERT) | relu (T5, Transformer) |
+    geglu (T5 v1.1) (family default)."""
     bias: bool | None = key(None, shape=True)
     """Biases in linear layers and LayerNorm (family default)."""
     tie_embeddings: bool | None = key(None, shape=True)
@@ -110,6 +120,22 @@ class ModelConfig:
     """Compute the output layer and loss over this many positions at a time (0: all at once)."""
     vocab_multiple: int = key(128, check=POSITIVE)
     """Pad the embedding rows to a multiple of this times the tensor degree (Megatron style)."""
+    arch: str = key("decoder", choices=("decoder", "encoder", "encoder_decoder"), shape=True)
+    """Architecture: decoder | encoder (bidirectional, MLM head) | encoder_decoder; set by model.family."""
+    n_decoder_layers: int | None = key(None, check=POSITIVE_OR_UNSET, shape=True)
+    """Decoder blocks of an encoder_decoder; default n_layers (n_layers counts the encoder's)."""
+    post_norm: bool = key(False, shape=True)
+    """Normalise after each residual add (BERT, the original Transformer) instead of before (encoder archs)."""
+    embed_norm: bool = key(False, shape=True)
+    """Normalise the embeddings before the first block (BERT) (encoder archs)."""
+    type_vocab_size: int = key(0, check=NON_NEGATIVE, shape=True)
+    """Token-type (segment) embeddings of an encoder (BERT: 2); 0 for none."""
+    max_positions: int | None = key(None, check=POSITIVE_OR_UNSET, shape=True)
+    """Rows of a learned position table of an encoder (BERT: 512); default seq_len."""
+    relative_buckets: int = key(32, check=POSITIVE, shape=True)
+    """Buckets of T5's relative position bias (model.position=relative)."""
+    relative_max_distance: int = key(128, check=POSITIVE)
+    """Distance from which T5's relative position buckets stop growing (model.position=relative)."""
     parametrization: str = key("standard", choices=("standard", "mup"))
     """standard | mup (Tensor Programs V, Table 3: learning rate and init tuned at mup_base_width carry over)."""
     mup_base_width: int | None = key(None, check=POSITIVE_OR_UNSET)
@@ -191,6 +217,9 @@ class TrainConfig:
     """Clip gradients to this global L2 norm (0 disables)."""
     seed: int = key(0, check=NON_NEGATIVE)
     """Seed of parameter initialisation, data order and dropout."""
+    objective: str | None = key(None, choices=("causal", "mlm", "span_corruption", "prefix_lm"))
+    """Objective: causal | prefix_lm (decoder) | mlm (encoder) | span_corruption (encoder_decoder); default the
+    architecture's first."""
     max_bad_steps: int = key(5, check=POSITIVE)
     """Stop after this many consecutive steps with a NaN/Inf loss or gradient (each one is skipped)."""
     log_every: int = key(10, check=POSITIVE)

@@ -45,9 +45,10 @@ class Attention(nnx.Module):
         return y if bias is None else y + bias[...].astype(x.dtype)
 
     def __call__(self, x: jax.Array, positions: jax.Array, cache: dict | None = None,
-                 cache_index: jax.Array | None = None, reduce: bool = True):
+                 cache_index: jax.Array | None = None, reduce: bool = True, mask: jax.Array | None = None):
         """x (B, T, E) -> (B, T, E). With a cache (k, v: (B, S, K, D)) the new keys are written at
-        cache_index and queries attend to everything cached so far; returns (y, new_cache)."""
+        cache_index and queries attend to everything cached so far; returns (y, new_cache). A mask (B, 1, T, T)
+        replaces the causal one (prefix LM)."""
         x = spmd.enter_split(x, "heads", "kv_heads")
         q = self._project(x, self.q, self.q_bias)  # (B, T, H, D)
         k = self._project(x, self.k, self.k_bias)  # (B, T, K, D)
@@ -56,7 +57,7 @@ class Attention(nnx.Module):
             q = apply_rope(q, positions, self.rope_theta)
             k = apply_rope(k, positions, self.rope_theta)
         if cache is None:
-            out = jax.nn.dot_product_attention(q, k, v, scale=self.scale, is_causal=True,
+            out = jax.nn.dot_product_attention(q, k, v, scale=self.scale, is_causal=mask is None, mask=mask,
                                                implementation=self.implementation)
             new_cache = None
         else:

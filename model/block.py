@@ -6,20 +6,21 @@ import jax
 from flax import nnx
 
 from meshtron.configs.schema import ModelConfig
+from meshtron.model.activations import ACTIVATIONS, GATED
 from meshtron.model.attention import Attention
 from meshtron.model.layers import Norm, dropout, initializer, make_param, zeros_param
 from meshtron.parallel import spmd
 
 
 class MLP(nnx.Module):
-    """GELU (tanh approximation, as GPT-2) or SwiGLU feed-forward: E -> F -> E."""
+    """Feed-forward E -> F -> E with the activation of `model.mlp`, gated (SwiGLU, GEGLU) or plain."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         E, F = cfg.d_model, cfg.ff_dim
         self.kind = cfg.mlp
         in_init = initializer(cfg, in_axis=0, out_axis=1)
         self.up = make_param(rngs, in_init, (E, F), ("embed", "mlp"), cfg)
-        self.gate = make_param(rngs, in_init, (E, F), ("embed", "mlp"), cfg) if cfg.mlp == "swiglu" else None
+        self.gate = make_param(rngs, in_init, (E, F), ("embed", "mlp"), cfg) if cfg.mlp in GATED else None
         self.down = make_param(rngs, initializer(cfg, 0, 1, residual=True), (F, E), ("mlp", "embed"), cfg)
         self.up_bias = zeros_param((F,), ("mlp",), cfg) if cfg.bias else None
         self.down_bias = zeros_param((E,), ("embed",), cfg) if cfg.bias else None
@@ -30,10 +31,8 @@ class MLP(nnx.Module):
         h = x @ self.up[...].astype(x.dtype)  # (B, T, F)
         if self.up_bias is not None:
             h = h + self.up_bias[...].astype(x.dtype)
-        if self.kind == "swiglu":
-            h = jax.nn.silu(x @ self.gate[...].astype(x.dtype)) * h
-        else:
-            h = jax.nn.gelu(h, approximate=True)
+        act = ACTIVATIONS[self.kind]
+        h = act(x @ self.gate[...].astype(x.dtype)) * h if self.gate is not None else act(h)
         y = h @ self.down[...].astype(x.dtype)  # partial sum over local hidden units
         if reduce:
             y = spmd.sum_over(y, "mlp") + self.output_bias(y.dtype)
@@ -55,17 +54,18 @@ class Block(nnx.Module):
         self.mlp_norm = None if cfg.parallel_block else Norm(cfg)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, cache=None, cache_index=None, dropout_key=None):
+    def __call__(self, x: jax.Array, positions: jax.Array, cache=None, cache_index=None, dropout_key=None,
+                 mask=None):
         """x (B, T, E) -> (B, T, E), new_cache."""
         keys = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
         if self.parallel:
             h = spmd.enter_split(self.attn_norm(x), "heads", "kv_heads", "mlp")  # one "f" for both branches
-            a, new_cache = self.attn(h, positions, cache, cache_index, reduce=False)
+            a, new_cache = self.attn(h, positions, cache, cache_index, reduce=False, mask=mask)
             m = self.mlp(h, reduce=False)
             # one all-reduce for both branches (heads and mlp are split over the same devices)
             y = spmd.sum_over(a + m, "heads", "mlp") + self.attn.output_bias(a.dtype) + self.mlp.output_bias(a.dtype)
             return x + dropout(y, self.rate, keys[0]), new_cache
-        a, new_cache = self.attn(self.attn_norm(x), positions, cache, cache_index)
+        a, new_cache = self.attn(self.attn_norm(x), positions, cache, cache_index, mask=mask)
         x = x + dropout(a, self.rate, keys[0])
         x = x + dropout(self.mlp(self.mlp_norm(x)), self.rate, keys[1])
         return x, new_cache

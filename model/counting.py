@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meshtron.configs.schema import ModelConfig
+from meshtron.model.seq_counting import seq_flops_per_token, seq_param_parts
 
 # The convention MFU is computed with (PaLM, Chowdhery et al. 2022, App. B; also nanoGPT's estimate_mfu).
 MFU_CONVENTION = "palm"
@@ -23,18 +24,19 @@ class ParamCount:
     per_layer: int
     layers: int
     final_norm: int
-    output_layer: int  # 0 when tied to the token embedding
+    output_layer: int  # 0 when tied to the token embedding (BERT: the MLM head)
+    other: int = 0  # T5's relative position tables
 
     @property
     def total(self) -> int:
         """All parameters."""
         return (self.token_embedding + self.position_embedding + self.layers + self.final_norm
-                + self.output_layer)
+                + self.output_layer + self.other)
 
     @property
     def non_embedding(self) -> int:
         """Parameters outside the token/position embeddings and the output layer (Kaplan et al.'s N)."""
-        return self.layers + self.final_norm
+        return self.layers + self.final_norm + self.other
 
 
 def layer_params(cfg: ModelConfig) -> dict[str, int]:
@@ -42,12 +44,14 @@ def layer_params(cfg: ModelConfig) -> dict[str, int]:
     E, H, K, D, F = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head, cfg.ff_dim
     norm = E * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
     attention = E * H * D + 2 * E * K * D + H * D * E + ((H + 2 * K) * D + E if cfg.bias else 0)
-    mlp = (3 if cfg.mlp == "swiglu" else 2) * E * F + (F + E if cfg.bias else 0)
+    mlp = (3 if cfg.mlp in ("swiglu", "geglu") else 2) * E * F + (F + E if cfg.bias else 0)
     return {"attention": attention, "mlp": mlp, "norms": norm * (1 if cfg.parallel_block else 2)}
 
 
 def count_params(cfg: ModelConfig) -> ParamCount:
-    """Exact parameter count of a config."""
+    """Exact parameter count of a config (encoders and encoder-decoders: model/seq_counting.py)."""
+    if cfg.arch != "decoder":
+        return ParamCount(**seq_param_parts(cfg))
     E, V = cfg.d_model, cfg.vocab_size
     per_layer = sum(layer_params(cfg).values())
     return ParamCount(
@@ -70,6 +74,8 @@ def flops_per_token(cfg: ModelConfig) -> dict[str, float]:
     megatron   Korthikanti et al. 2022 (no recomputation): 72 l h^2 (1 + s/(6h) + V/(12 l h)) per token.
     """
     counts = count_params(cfg)
+    if cfg.arch != "decoder":
+        return seq_flops_per_token(cfg, counts)
     E, H, K, D, F = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head, cfg.ff_dim
     L, T, V = cfg.n_layers, cfg.seq_len, cfg.vocab_size
     matmul_params = counts.non_embedding + E * V

@@ -15,6 +15,8 @@ from flax import nnx
 
 from meshtron.configs.schema import FAMILY_DEFAULTS, ModelConfig
 from meshtron.model.counting import ParamCount, count_params, flops_per_token
+from meshtron.model.encoder import Encoder
+from meshtron.model.encoder_decoder import EncoderDecoder
 from meshtron.model.transformer import Transformer
 
 # Every logical axis name model code may give a parameter; parallel/rules.py maps some of them to mesh axes.
@@ -33,7 +35,7 @@ class Family:
     flops_per_token: Callable[[ModelConfig], dict]
     """Training FLOPs per token under each published convention."""
     hf_model_type: str | None
-    """Its table in train/hf/architectures.py (None: no Hugging Face twin)."""
+    """Its table in train/hf/architectures.py (bert, t5: train/hf/seq_tables.py) (None: no Hugging Face twin)."""
 
     @property
     def switches(self) -> dict:
@@ -46,6 +48,9 @@ FAMILIES = {f.name: f for f in (
     Family("gpt3", Transformer, count_params, flops_per_token, hf_model_type="gpt2"),  # GPT-2's blocks, wider
     Family("llama", Transformer, count_params, flops_per_token, hf_model_type="llama"),
     Family("palm", Transformer, count_params, flops_per_token, hf_model_type=None),  # parallel block: no HF twin
+    Family("bert", Encoder, count_params, flops_per_token, hf_model_type="bert"),
+    Family("t5", EncoderDecoder, count_params, flops_per_token, hf_model_type="t5"),
+    Family("transformer", EncoderDecoder, count_params, flops_per_token, hf_model_type=None),  # no HF twin
 )}
 
 

@@ -76,16 +76,16 @@ class Transformer(nnx.Module):
                                 (cfg.d_model, self.vocab_rows), ("embed", "vocab"), cfg))
 
     # -- the trunk ---------------------------------------------------------------------------
-    def _run_blocks(self, x, positions, cache, cache_index, dropout_key):
+    def _run_blocks(self, x, positions, cache, cache_index, dropout_key, mask=None):
         keys = jax.random.split(dropout_key, self.cfg.n_layers) if dropout_key is not None else None
-        return run_blocks(self.cfg, self.blocks, x, positions, cache, cache_index, keys)
+        return run_blocks(self.cfg, self.blocks, x, positions, cache, cache_index, keys, mask)
 
-    def hidden(self, tokens, positions=None, cache=None, cache_index=None, dropout_key=None):
+    def hidden(self, tokens, positions=None, cache=None, cache_index=None, dropout_key=None, prefix=None):
         """Final normalised hidden states (B, T, E), the output matrix (E, V) and the new cache."""
         keys = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
         embed = spmd.gathered(self.embed)  # ZeRO-3: gathered once for the lookup and a tied output layer
         x, positions = self.embed_inputs(tokens, positions, cache_index, keys[0], embed)
-        x, new_cache = self._run_blocks(x, positions, cache, cache_index, keys[1])
+        x, new_cache = self._run_blocks(x, positions, cache, cache_index, keys[1], prefix_mask(prefix, tokens.shape[1]))
         x, out = self.output_projection(x, embed)
         return x, out, new_cache
 
@@ -121,10 +121,10 @@ class Transformer(nnx.Module):
         logits = jnp.einsum("bte,ev->btv", x, out, preferred_element_type=jnp.float32)
         return logits, new_cache
 
-    def token_losses(self, tokens, targets, dropout_key=None):
+    def token_losses(self, tokens, targets, dropout_key=None, prefix=None):
         """Next-token cross-entropy per position (B, T), float32; logits are never whole in memory
         when model.logits_chunk is set (chunks of the sequence, recomputed in the backward pass)."""
-        x, out, _ = self.hidden(tokens, dropout_key=dropout_key)
+        x, out, _ = self.hidden(tokens, dropout_key=dropout_key, prefix=prefix)
         return self.losses_from_hidden(x, out, targets)
 
     def losses_from_hidden(self, x, out, targets):
@@ -152,12 +152,12 @@ class Transformer(nnx.Module):
         return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
-def run_blocks(cfg: ModelConfig, blocks, x, positions, cache=None, cache_index=None, layer_keys=None):
+def run_blocks(cfg: ModelConfig, blocks, x, positions, cache=None, cache_index=None, layer_keys=None, mask=None):
     """x (B, T, E) through stacked `blocks` (any number of layers: all of them, or one pipeline stage's),
     with per-layer dropout keys (n, 2) or None; returns x and the new cache."""
     def layer(x, block, layer_cache, key):
         block = spmd.gathered(block)  # ZeRO-3: this block's full weights, only now
-        return block(x, positions, layer_cache, cache_index, key)
+        return block(x, positions, layer_cache, cache_index, key, mask)
 
     layer = nnx.remat(layer, policy=remat_policy(cfg.remat)) if cfg.remat != "none" or _zero3() else layer
     if not cfg.scan_layers:
@@ -179,6 +179,15 @@ def run_blocks(cfg: ModelConfig, blocks, x, positions, cache=None, cache_index=N
         return layer(x, block, layer_cache, key)
 
     return scan(x, blocks, cache, layer_keys)
+
+
+def prefix_mask(prefix, length: int):
+    """Prefix LM attention (B, 1, T, T): positions < prefix (B,) are seen from everywhere, the rest causally;
+    None (plain causal attention) without a prefix."""
+    if prefix is None:
+        return None
+    pos = jnp.arange(length)
+    return ((pos[None, :] <= pos[:, None])[None] | (pos[None, None, :] < prefix[:, None, None]))[:, None]
 
 
 def _zero3() -> bool:

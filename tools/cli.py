@@ -16,7 +16,8 @@ from meshtron.configs.errors import UserError, one_line
 
 COMMANDS = {
     "train": ("meshtron.tools.train_command", "train a model (default: the tiny preset on the Python stdlib)"),
-    "generate": ("meshtron.tools.generate_command", "sample text from a run directory"),
+    "generate": ("meshtron.tools.generate_command", "sample text from a run directory (or answer an --input)"),
+    "fill": ("meshtron.tools.fill_command", "predict the [MASK] tokens of a text with an encoder run"),
     "export": ("meshtron.tools.export_command", "write a run as a Hugging Face or safetensors directory"),
     "import": ("meshtron.tools.import_command", "turn a Hugging Face GPT-2/Llama directory into a run"),
     "plan": ("meshtron.tools.plan_command", "per-device memory and communication of a config on a mesh"),

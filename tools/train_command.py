@@ -79,7 +79,8 @@ def run(args) -> int:
         "interrupted": result.interrupted,
     }
     sample = None
-    if not result.interrupted and sample_tokens and config.train.sample_prompt is not None:
+    decoder = config.model.arch == "decoder"  # encoders are sampled with `meshtron fill` / `generate --input`
+    if decoder and not result.interrupted and sample_tokens and config.train.sample_prompt is not None:
         from meshtron.train.generate import generate, load_run
 
         if jax.process_count() == 1:

@@ -25,7 +25,9 @@ import grain
 import numpy as np
 
 from meshtron.configs.errors import ConfigError
+from meshtron.configs.objectives import reserved_ids
 from meshtron.configs.schema import Config, DataConfig
+from meshtron.train.data import objectives
 from meshtron.train.data.corpus import text_splits
 from meshtron.train.data.tokenizer import TRAINER_OPTIONS, Tokenizer, train_tokenizer
 
@@ -73,7 +75,7 @@ def _documents(source, data: DataConfig) -> grain.MapDataset:
 
 def _tokenizer(config: Config, train_docs: grain.MapDataset, dataset_key: str, root: Path, log,
                run_dir: Path | None) -> Tokenizer:
-    data, vocab = config.data, config.model.vocab_size
+    data, vocab = config.data, config.model.vocab_size - reserved_ids(config.train.objective)
     if data.tokenizer:
         tokenizer = Tokenizer(Path(data.tokenizer).expanduser())
     elif run_dir is not None and any((Path(run_dir) / n).is_file() for n in ("tokenizer.model", "tokenizer.json")):
@@ -87,8 +89,9 @@ def _tokenizer(config: Config, train_docs: grain.MapDataset, dataset_key: str, r
                 train_tokenizer((train_docs[i] for i in range(len(train_docs))), vocab, path, data.tokenizer_chars)
         tokenizer = Tokenizer(path)
     if tokenizer.vocab_size > vocab:
+        need = tokenizer.vocab_size + config.model.vocab_size - vocab
         raise ConfigError(f"config key 'model.vocab_size': the tokenizer has {tokenizer.vocab_size} pieces but the "
-                          f"model only {vocab}; set model.vocab_size >= {tokenizer.vocab_size}")
+                          f"model only {vocab} (besides the objective's special ids); set model.vocab_size >= {need}")
     return tokenizer
 
 
@@ -133,6 +136,14 @@ class Dataset:
     train: TokenWindows
     val: TokenWindows
     key: str
+    objective: str = "causal"
+    specials: objectives.Specials | None = None
+
+    def _shaped(self, windows: np.ndarray, seed: int, step: int, first_row: int):
+        """Raw windows -> what the step reads: the windows themselves (causal) or the objective's arrays."""
+        if self.objective == "causal":
+            return windows
+        return objectives.make_batch(self.objective, windows, seed, step, self.specials, first_row)
 
     @property
     def train_tokens(self) -> int:
@@ -146,8 +157,9 @@ class Dataset:
         first = process_index * rows
         windows = self.train
         order = grain.MapDataset.range(len(windows)).shuffle(seed=seed).repeat(None)
-        batches = (order.batch(batch_size)[start_step:]
-                   .map(lambda idx: np.stack([windows[i] for i in idx[first:first + rows]])))
+        batches = (order.batch(batch_size)[start_step:].map_with_index(
+            lambda n, idx: self._shaped(np.stack([windows[i] for i in idx[first:first + rows]]), seed,
+                                        start_step + n, first)))
         options = grain.ReadOptions(num_threads=max(1, prefetch), prefetch_buffer_size=max(1, prefetch))
         return iter(batches.to_iter_dataset(options))
 
@@ -158,7 +170,7 @@ class Dataset:
         out = []
         for b in range(count):
             idx = [(b * batch_size + process_index * rows + r) % n for r in range(rows)]
-            out.append(np.stack([self.val[i] for i in idx]))
+            out.append(self._shaped(np.stack([self.val[i] for i in idx]), 0, b, process_index * rows))
         return out
 
 
@@ -189,9 +201,13 @@ def prepare_data(config: Config, log=print, run_dir: Path | None = None) -> Data
     limit = f"-n{data.max_documents}" if data.max_documents else ""
     arrays = {split: _token_array(docs, tokenizer, root / "tokens" / f"{key}-{tok_key}{limit}-{split}.bin", log)
               for split, docs in (("train", train_docs), ("validation", val_docs))}
-    train, val = TokenWindows(arrays["train"], seq_len + 1), TokenWindows(arrays["validation"], seq_len + 1)
+    objective = config.train.objective
+    length = objectives.raw_length(objective, seq_len)
+    train, val = TokenWindows(arrays["train"], length), TokenWindows(arrays["validation"], length)
     for name, windows in (("train", train), ("validation", val)):
         if len(windows) == 0:
             raise ConfigError(f"config key 'data.source': the {name} split has {len(windows.tokens)} tokens, fewer "
-                              f"than model.seq_len + 1 = {seq_len + 1}; add text or lower model.seq_len")
-    return Dataset(tokenizer=tokenizer, train=train, val=val, key=key)
+                              f"than model.seq_len allows ({length} per example); add text or lower model.seq_len")
+    specials = objectives.Specials(eos_id=tokenizer.eos_id, mask_id=config.model.vocab_size - 1,
+                                   vocab_size=config.model.vocab_size, ordinary=tokenizer.vocab_size)
+    return Dataset(tokenizer=tokenizer, train=train, val=val, key=key, objective=objective, specials=specials)

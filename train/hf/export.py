@@ -29,6 +29,10 @@ DTYPES = ("float32", "bfloat16")
 
 def check_exportable(cfg: ModelConfig) -> Architecture:
     """The Hugging Face architecture that computes what `cfg` computes, or a UserError naming the feature."""
+    if cfg.arch != "decoder":
+        from meshtron.train.hf.seq_export import check_seq_exportable
+
+        return check_seq_exportable(cfg)
     if cfg.parallel_block:
         raise UserError("model.parallel_block=true (PaLM's parallel block) has no Hugging Face GPT-2 or Llama "
                         "equivalent")
@@ -203,6 +207,8 @@ def export_hf(model_cfg: ModelConfig, params: dict, tokenizer_path: Path | None,
     from meshtron.train.hf import tokenizer as hf_tokenizer
     from meshtron.train.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
 
+    if model_cfg.arch != "decoder":  # BERT / T5: train/hf/seq_export.py
+        return _export_seq(model_cfg, params, tokenizer_path, out_dir, dtype, overwrite)
     arch = check_exportable(model_cfg)
     np_dtype = _np_dtype(dtype)
     flat = mup.fold_for_export(model_cfg, _checked_params(model_cfg, params))
@@ -237,6 +243,19 @@ def export_safetensors(model_cfg: ModelConfig, params: dict, out_dir: Path, max_
         write_weights(((k, v.astype(np_dtype)) for k, v in flat.items()), tmp, max_shard_bytes)
         _write_json(tmp / "model_config.json", dataclasses.asdict(model_cfg))
     return Path(out_dir)
+
+
+def _export_seq(model_cfg, params, tokenizer_path, out_dir, dtype, overwrite) -> Path:
+    from meshtron.train.data.tokenizer import Tokenizer
+    from meshtron.train.hf import tokenizer as hf_tokenizer
+    from meshtron.train.hf.seq_export import export_seq_hf
+
+    tokenizer = Tokenizer(tokenizer_path) if tokenizer_path is not None else None
+    specials = {"eos": tokenizer.eos_id if tokenizer else 2, "pad": 0}
+    write = (None if tokenizer is None else
+             lambda tmp: hf_tokenizer.write_tokenizer(tokenizer, tmp, model_max_length=model_cfg.seq_len))
+    return export_seq_hf(model_cfg, params, out_dir, dtype=dtype, overwrite=overwrite, specials=specials,
+                         write_tokenizer=write)
 
 
 def _np_dtype(dtype: str):

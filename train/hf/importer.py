@@ -213,7 +213,12 @@ def import_hf(hf_dir: Path) -> tuple[ModelConfig, dict, Path | None]:
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
         raise UserError(f"{hf_dir} is not a directory; give a Hugging Face model directory")
-    arch, cfg = config_from_hf(_read_config(hf_dir))
+    config = _read_config(hf_dir)
+    if config.get("model_type") in ("bert", "t5"):  # encoders: train/hf/seq_export.py
+        from meshtron.train.hf.seq_export import import_seq_hf
+
+        return (*import_seq_hf(hf_dir, config), tokenizer_source(hf_dir))
+    arch, cfg = config_from_hf(config)
     flat = _read_params(arch, cfg, _Tensors(hf_dir))
     _pad_vocab(cfg, flat)
     return cfg, unflatten_params(flat), tokenizer_source(hf_dir)

@@ -21,10 +21,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from meshtron.configs.schema import Config
 from meshtron.model.layers import compute_dtype
-from meshtron.model.transformer import Transformer
+from meshtron.model.families import family
 from meshtron.parallel import spmd, zero
 from meshtron.parallel.mesh import MeshShape
 from meshtron.parallel.rules import BATCH_AXES, ZERO_AXIS, Rules, rules_for
+from meshtron.train.run import objective_step
 from meshtron.train.run.optim import make_optimizer
 from meshtron.train.run.pipeline_step import PipelineSteps
 
@@ -55,18 +56,18 @@ class Training:
 
     @property
     def batch_spec(self) -> P:
-        """Token batches (B, T+1) are split over the batch axes."""
-        return P(self.batch_axes or None, None)
+        """Token batches (B, T+1) (or the objective's arrays) are split over the batch axes."""
+        return objective_step.batch_spec(self.config.train.objective, self.batch_axes)
 
     @property
     def batch_sharding(self) -> NamedSharding:
         """Where a global token batch lives on the mesh."""
-        return NamedSharding(self.mesh, self.batch_spec)
+        return _named(self.mesh, self.batch_spec)
 
     def abstract_batch(self) -> jax.ShapeDtypeStruct:
         """Shape, dtype and sharding of a global token batch (B, T+1), for compiling ahead of time."""
-        t, m = self.config.train, self.config.model
-        return jax.ShapeDtypeStruct((t.batch_size, m.seq_len + 1), jnp.int32, sharding=self.batch_sharding)
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            objective_step.batch_shapes(self.config), self.batch_sharding)
 
     def layout(self) -> spmd.Layout:
         """What the model's collectives need to know while the step is traced."""
@@ -80,7 +81,7 @@ class Training:
 
         @partial(jax.jit, out_shardings=_named(self.mesh, self.param_specs))
         def create():
-            return nnx.split(Transformer(cfg, nnx.Rngs(params=seed), rows))[1]
+            return nnx.split(family(cfg).module(cfg, nnx.Rngs(params=seed), rows))[1]
 
         return create()
 
@@ -102,9 +103,11 @@ class Training:
         graphdef, cfg, t = self.graphdef, self.config.model, self.config.train
         global_tokens = t.batch_size * cfg.seq_len
 
-        def loss(params, inputs, targets, key):
+        def loss(params, batch, key, total=global_tokens):
             model = nnx.merge(graphdef, params)
-            return jnp.sum(model.token_losses(inputs, targets, dropout_key=key)) / global_tokens
+            if t.objective != "causal":
+                return objective_step.weighted_losses(model, batch, t.objective, key) / total
+            return jnp.sum(model.token_losses(batch[:, :-1], batch[:, 1:], dropout_key=key)) / total
 
         return loss
 
@@ -115,12 +118,13 @@ class Training:
         with spmd.active_layout(self.layout()):
             # gradients with respect to per-device copies stay per-device; zero.py reduces them
             local = jax.tree.map(lambda p: zero.make_varying(p, self.batch_axes), params)
-            micro = tokens.reshape(accum, tokens.shape[0] // accum, tokens.shape[1])
+            micro = jax.tree.map(lambda a: a.reshape(accum, a.shape[0] // accum, *a.shape[1:]), tokens)
+            total = () if t.objective == "causal" else (objective_step.global_weight(tokens, self.batch_axes),)
             key = jax.random.fold_in(key, spmd.data_index())
 
             def micro_step(i):
                 k = jax.random.fold_in(key, i) if use_dropout else None
-                loss, grads = grad_fn(local, micro[i, :, :-1], micro[i, :, 1:], k)
+                loss, grads = grad_fn(local, jax.tree.map(lambda a: a[i], micro), k, *total)
                 if rules.zero_stage >= 2:
                     grads = zero.reduce_over_data(grads, rules)
                 return loss, grads
@@ -130,7 +134,7 @@ class Training:
             else:
                 # carries: gradients shaped as micro_step returns them, varying like a gradient does
                 like = jax.eval_shape(micro_step, 0)
-                loss0 = zero.zeros_varying_like(tokens, (), jnp.float32)
+                loss0 = zero.zeros_varying_like(jax.tree.leaves(tokens)[0], (), jnp.float32)
                 zeros = jax.tree.map(zero.zeros_varying_like, like[1])
 
                 def body(carry, i):
@@ -181,11 +185,14 @@ class Training:
         """jit(params, tokens (B, T+1)) -> mean next-token loss over the batch."""
         if self.shape.stage > 1:
             return PipelineSteps(self).compile_eval_step()
-        graphdef = self.graphdef
+        graphdef, objective = self.graphdef, self.config.train.objective
 
         def local_eval(params, tokens):
             with spmd.active_layout(self.layout()):
                 model = nnx.merge(graphdef, params)
+                if objective != "causal":
+                    return jax.lax.psum(objective_step.weighted_losses(model, tokens, objective, None),
+                                        self.batch_axes) / objective_step.global_weight(tokens, self.batch_axes)
                 losses = model.token_losses(tokens[:, :-1], tokens[:, 1:])
                 total = jax.lax.psum(jnp.sum(losses), self.batch_axes)
                 count = jax.lax.psum(jnp.asarray(losses.size, jnp.float32), self.batch_axes)
@@ -196,7 +203,8 @@ class Training:
 
     def shard_batch(self, local_tokens: np.ndarray) -> jax.Array:
         """This process's rows of the global batch -> one global array split over the batch axes."""
-        return jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local_tokens, np.int32))
+        arrays = objective_step.host_arrays(local_tokens, self.config.train.objective)
+        return jax.tree.map(jax.make_array_from_process_local_data, self.batch_sharding, arrays)
 
 
 def _expand(spec_tree, tree):
@@ -221,7 +229,7 @@ def build_training(config: Config, mesh: jax.sharding.Mesh, shape: MeshShape) ->
     """Abstract model, rule tables and optimizer for `config` on `mesh` (nothing allocated yet)."""
     rules = live_rules(rules_for(config.parallel.zero_stage, pipeline=shape.stage > 1), mesh)
     vocab_rows = config.model.padded_vocab(shape.tensor)
-    abstract = nnx.eval_shape(lambda: Transformer(config.model, nnx.Rngs(params=0), vocab_rows))
+    abstract = nnx.eval_shape(lambda: family(config.model).module(config.model, nnx.Rngs(params=0), vocab_rows))
     graphdef, abstract_params = nnx.split(abstract)
     tx = make_optimizer(config.train, config.model)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)

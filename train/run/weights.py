@@ -19,6 +19,7 @@ from flax import nnx
 
 from meshtron.configs.errors import UserError
 from meshtron.configs.loader import config_from_dict, config_to_dict, load_config, validate
+from meshtron.configs.objectives import ARCH_OBJECTIVES
 from meshtron.configs.schema import Config, ModelConfig
 from meshtron.train.run.checkpoint import Checkpointer, checkpoint_meta
 from meshtron.train.run.rundir import atomic_dir, read_run_config, write_config
@@ -82,7 +83,8 @@ def imported_config(model_cfg: ModelConfig) -> Config:
     config = dataclasses.replace(
         base, name=f"imported-{model_cfg.family}", model=model_cfg,
         # the end-of-training sample must fit the context (tiny's 64 tokens assume seq_len 128)
-        train=dataclasses.replace(base.train, sample_tokens=min(base.train.sample_tokens, model_cfg.seq_len // 2)))
+        train=dataclasses.replace(base.train, sample_tokens=min(base.train.sample_tokens, model_cfg.seq_len // 2),
+                                  objective=ARCH_OBJECTIVES[model_cfg.arch][0]))
     validate(config)
     return config_from_dict(config_to_dict(config))  # exactly what config.yaml will give back
 

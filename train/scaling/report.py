@@ -54,6 +54,7 @@ def start_report(config, n_devices: int, peak_flops_per_device: float, law: Law 
     predicted losses. The law is the user's fit when train.scaling_fit names one, else a published law."""
     # Imported here: meshtron.model loads Flax (~1.5 s), which `meshtron scaling optimal` (via human()) should not pay.
     from meshtron.model.counting import count_params, flops_per_token, model_flops_per_token
+    from meshtron.model.seq_counting import sequence_lengths
     from meshtron.train.scaling.repeat import data_constrained
 
     fit_path = getattr(config.train, "scaling_fit", "")
@@ -87,6 +88,7 @@ def start_report(config, n_devices: int, peak_flops_per_device: float, law: Law 
         "n_devices": n_devices, "peak_flops_per_device": peak_flops_per_device,
         # Time at 100% MFU: a floor; at a typical 40% MFU expect 2.5x this.
         "ideal_seconds": model_flops / (n_devices * peak_flops_per_device),
+        "arch": config.model.arch, "sequence_tokens": dict(zip(("encoder", "decoder"), sequence_lengths(config.model))),
     }
 
 
@@ -118,8 +120,20 @@ def format_start_report(d: dict) -> str:
         f"  FLOPs per token: {conventions}",
         f"  peak: {d['n_devices']} x {human(d['peak_flops_per_device'], 'FLOP/s')}; "
         f"at 100% MFU this run takes {duration(d['ideal_seconds'])}",
-    ]
+    ] + _arch_lines(d)
     return "\n".join(lines)
+
+
+def _arch_lines(d: dict) -> list[str]:
+    """What the law means for an encoder or encoder-decoder (the Chinchilla fits are of decoder-only models)."""
+    arch = d.get("arch", "decoder")
+    if arch == "decoder":
+        return []
+    tokens = d["sequence_tokens"]
+    per_sequence = (f"{tokens['encoder']} encoder + {tokens['decoder']} decoder tokens per sequence"
+                    if tokens["decoder"] else f"{tokens['encoder']} tokens per sequence")
+    return [f"  model.arch={arch}: {per_sequence}; the law above was fitted on decoder-only models, so its "
+            "optimum and predicted losses are not established for this architecture (FLOPs and MFU are)"]
 
 
 def end_report(start: dict, steps_done: int, seconds: float, tokens: int, final_loss: float | None,
