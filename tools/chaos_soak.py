@@ -103,7 +103,7 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
 
 def final_params(run_dir: Path) -> dict:
     """The run's last checkpointed parameters as host arrays (needs JAX in this process)."""
-    from meshtron.train.run_io import load_run_params
+    from meshtron.train.run.weights import load_run_params
 
     return load_run_params(run_dir).pure_params()
 
