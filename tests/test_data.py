@@ -112,3 +112,19 @@ def test_non_utf8_bytes_are_replaced_not_fatal(tmp_path):
     ds = prepare_data(load_config("tiny", TINY + [f"data.source={folder}", "model.vocab_size=300"]),
                       log=lambda *a: None)
     assert len(ds.train) > 0
+
+
+def test_the_document_order_does_not_depend_on_where_the_corpus_sits(tmp_path, text_corpus):
+    """Two checkouts (or two hosts mounting the data at different paths) must read the same stream."""
+    import shutil
+
+    from meshtron.train.data.corpus import text_splits
+
+    orders = []
+    for where in ("a", "elsewhere/deeper/b"):
+        folder = tmp_path / where
+        shutil.copytree(text_corpus, folder)
+        config = load_config("tiny", [f"data.source={folder}"])
+        train, val, _ = text_splits(config.data, tmp_path / "cache")
+        orders.append(([train[i]["path"] for i in range(len(train))], [val[i]["path"] for i in range(len(val))]))
+    assert len(orders[0][0]) >= 5 and orders[0] == orders[1]

@@ -76,7 +76,7 @@ def test_truncated_safetensors_is_refused_in_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"model_type": "bert"}, "model_type 'bert' is not supported"),
+    ({"model_type": "mamba"}, "model_type 'mamba' is not supported"),
     ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}}, r"scaled RoPE"),
     ({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported"),
 ])

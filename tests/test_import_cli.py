@@ -114,7 +114,7 @@ def _gpt2_dir(path):
 @pytest.mark.parametrize("case, message", [
     ("pickle_only", "only safetensors checkpoints are supported"),
     ("truncated", "is not a readable safetensors file"),
-    ("bert", "model_type 'bert' is not supported"),
+    ("mamba", "model_type 'mamba' is not supported"),
     ("no_tokenizer", "has no tokenizer.model or tokenizer.json"),
 ])
 def test_unreadable_directories_are_refused_in_one_line(case, message, meshtron_cli, capsys, tmp_path):
@@ -128,8 +128,8 @@ def test_unreadable_directories_are_refused_in_one_line(case, message, meshtron_
     if case == "truncated":
         weights = hf_dir / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    elif case == "bert":
-        (hf_dir / "config.json").write_text(json.dumps({**HF_CONFIGS["gpt2"]().to_dict(), "model_type": "bert"}))
+    elif case == "mamba":
+        (hf_dir / "config.json").write_text(json.dumps({**HF_CONFIGS["gpt2"]().to_dict(), "model_type": "mamba"}))
     elif case == "no_tokenizer":
         (hf_dir / "tokenizer.json").unlink()
     capsys.readouterr()  # forget what transformers printed while saving

@@ -3,6 +3,10 @@ steps 4 and 5 from an uninterrupted run. Written once by Meshtron before the 202
 test_resume_fixture.py proves that checkpoints written by older code still resume. Do not regenerate it
 casually: its point is that it was written by earlier code.
 
+Regenerated on 2026-12-01 from commit f634d6f with one line changed in train/corpus.py: documents keyed by
+their path inside the corpus instead of their absolute path, so the data order (and so this loss curve)
+no longer depends on where the checkout sits.
+
     python tests/data/make_resume_fixture.py   (from the repository root, on 8 simulated CPU devices)
 """
 

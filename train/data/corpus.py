@@ -72,8 +72,10 @@ class MeshtronText(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, files):
         for path in files:
             text = Path(path).read_bytes().decode("utf-8", errors="replace")
-            if text:
-                yield path, {"text": text, "path": os.path.relpath(path, self.builder_config.root)}
+            if text:  # keyed by the path inside the source: TFDS orders examples by key hash, and the order
+                # must not depend on where the folder sits (two checkouts, two hosts' mounts)
+                relative = os.path.relpath(path, self.builder_config.root)
+                yield relative, {"text": text, "path": relative}
 
 
 @contextlib.contextmanager
@@ -160,7 +162,7 @@ def text_splits(data: DataConfig, cache_dir: Path):
     else:
         files, root = local_files(source)
         name = f"files-{_fingerprint(files, data.val_fraction)}"
-    config = TextCorpusConfig(name=name, version="1.0.0", files=tuple(files), root=root,
+    config = TextCorpusConfig(name=name, version="1.1.0", files=tuple(files), root=root,
                               val_fraction=data.val_fraction)
     with _quiet():
         builder = MeshtronText(config=config, data_dir=str(cache_dir / "tfds"))
