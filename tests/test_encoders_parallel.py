@@ -25,7 +25,7 @@ def run_steps(overrides, n_devices, steps=3):
     training = build_training(config, mesh, shape)
     params = training.init_params()
     opt_state = training.init_opt_state(params)
-    step = training.compile_train_step()
+    step = training.jit_train_step()
     raw = objectives.raw_length(config.train.objective, config.model.seq_len)
     windows = np.random.default_rng(0).integers(3, 390, (8, raw))
     losses = []
@@ -33,7 +33,7 @@ def run_steps(overrides, n_devices, steps=3):
         batch = objectives.make_batch(config.train.objective, windows, 0, i, SPECIALS)
         params, opt_state, metrics = step(params, opt_state, training.shard_batch(batch), i)
         losses.append(float(metrics["loss"]))
-    evaluated = float(training.compile_eval_step()(params, training.shard_batch(batch)))
+    evaluated = float(training.jit_eval_step()(params, training.shard_batch(batch)))
     flat = {"/".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(params)}
     return np.array(losses + [evaluated]), flat
 

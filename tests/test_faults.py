@@ -42,7 +42,7 @@ def test_a_nan_step_leaves_parameters_and_optimizer_state_unchanged():
     training = build_training(config, mesh, shape)
     params = training.init_params()
     opt = training.init_opt_state(params)
-    step = training.compile_train_step()
+    step = training.jit_train_step()
     tokens = np.random.default_rng(0).integers(0, 500, (8, 33))
     params, opt, _ = step(params, opt, training.shard_batch(tokens), 0)  # one good step: Adam moments non-zero
     # poison one weight of the first block's MLP: every loss and gradient becomes NaN

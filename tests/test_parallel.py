@@ -28,7 +28,7 @@ def run_steps(overrides, n_devices):
     training = build_training(config, mesh, shape)
     params = training.init_params()
     opt_state = training.init_opt_state(params)
-    step = training.compile_train_step()
+    step = training.jit_train_step()
     rng = np.random.default_rng(0)
     # two fixed batches in turn: random tokens, but memorisable, so the loss must fall
     batches = [rng.integers(0, 500, (config.train.batch_size, config.model.seq_len + 1)) for _ in range(2)]

@@ -18,7 +18,7 @@ def losses_and_params(*overrides, steps=4):
     training = build_training(config, mesh, shape)
     params = training.init_params()
     opt = training.init_opt_state(params)
-    step = training.compile_train_step()
+    step = training.jit_train_step()
     batch = training.shard_batch(np.random.default_rng(0).integers(0, 500, (8, 33)))
     losses = []
     for i in range(steps):
@@ -53,7 +53,7 @@ def test_the_step_donates_parameter_and_optimizer_buffers():
     params = training.init_params()
     opt = training.init_opt_state(params)
     leaf = jax.tree.leaves(params)[0]
-    training.compile_train_step()(params, opt, training.shard_batch(np.zeros((8, 33), np.int32)), 0)
+    training.jit_train_step()(params, opt, training.shard_batch(np.zeros((8, 33), np.int32)), 0)
     assert leaf.is_deleted()  # updated in place: no second copy of the model per step
 
 

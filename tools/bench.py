@@ -43,7 +43,7 @@ def compile_seconds(config: Config, devices=None) -> tuple[float, object]:
     training = build_training(config, mesh, shape)
     params, opt = training.abstract_state()
     start = time.perf_counter()
-    compiled = training.compile_train_step().lower(params, opt, training.abstract_batch(), 0).compile()
+    compiled = training.jit_train_step().lower(params, opt, training.abstract_batch(), 0).compile()
     return time.perf_counter() - start, compiled
 
 
@@ -75,12 +75,12 @@ def meshtron_timer(config: Config, devices=None) -> tuple[StepTimer, Training]:
     training = build_training(config, mesh, shape)
     params = training.init_params()
     opt = training.init_opt_state(params)
-    compiled = training.compile_train_step()
+    train_step = training.jit_train_step()
     counter = [0]
 
     def step(params, opt, batch):
         counter[0] += 1
-        return compiled(params, opt, batch, counter[0])
+        return train_step(params, opt, batch, counter[0])
 
     timer = StepTimer(step, [params, opt], training.shard_batch(_tokens(config)))
     return timer.warm_up(), training

@@ -75,7 +75,7 @@ def lower_train_step(config: Config, mesh, shape: MeshShape):
     training = build_training(config, mesh, shape)
     params, opt_state = training.abstract_state()
     step = jax.ShapeDtypeStruct((), jnp.int32)
-    lowered = training.compile_train_step().lower(params, opt_state, training.abstract_batch(), step)
+    lowered = training.jit_train_step().lower(params, opt_state, training.abstract_batch(), step)
     return lowered, len(jax.tree.leaves(params)) + len(jax.tree.leaves(opt_state))
 
 

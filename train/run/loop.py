@@ -142,8 +142,8 @@ class Run:
         self.scaling = start_report(self.config, self.peak_devices, self.peak, unique_tokens=self.data.train_tokens)
         self.forecaster = Forecaster(t.steps, t.warmup_steps)
         self.say(format_start_report(self.scaling))
-        self.train_step = self.training.compile_train_step()
-        self.eval_step = self.training.compile_eval_step()
+        self.train_step = self.training.jit_train_step()
+        self.eval_step = self.training.jit_eval_step()
         self.metrics = MetricsWriter(self.run_dir, enabled=self.is_main, resume_step=self.step)
         if self.metrics.cut_lines:
             self.say(f"note: {self.metrics.cut_lines} metrics lines past step {self.step} (logged before the run "

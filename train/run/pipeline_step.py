@@ -128,7 +128,7 @@ class PipelineSteps:
             d_blocks = jax.tree.map(lambda g: g.reshape((v, 1, per_chunk) + g.shape[1:]), d_blocks)
             return _sum_over(loss, tr.batch_axes), d_blocks, d_shared
 
-    def compile_train_step(self):
+    def jit_train_step(self):
         """jit(params, opt_state, tokens (B, T+1), step) -> (params, opt_state, metrics); buffers donated."""
         tr = self.training
         seed = tr.config.train.seed
@@ -151,7 +151,7 @@ class PipelineSteps:
 
         return jax.jit(train_step, donate_argnums=(0, 1))
 
-    def compile_eval_step(self):
+    def jit_eval_step(self):
         """jit(params, tokens (B, T+1)) -> mean next-token loss over the batch (the same schedule, gradients
         discarded)."""
         tr = self.training

@@ -165,10 +165,10 @@ class Training:
             metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
             return keep(new_params, params), keep(new_opt, opt_state), metrics
 
-    def compile_train_step(self):
+    def jit_train_step(self):
         """jit(params, opt_state, tokens (B, T+1), step) -> (params, opt_state, metrics); buffers donated."""
         if self.shape.stage > 1:
-            return PipelineSteps(self).compile_train_step()
+            return PipelineSteps(self).jit_train_step()
         seed = self.config.train.seed
         step_fn = jax.shard_map(
             self._local_step, mesh=self.mesh,
@@ -181,10 +181,10 @@ class Training:
 
         return jax.jit(train_step, donate_argnums=(0, 1))
 
-    def compile_eval_step(self):
+    def jit_eval_step(self):
         """jit(params, tokens (B, T+1)) -> mean next-token loss over the batch."""
         if self.shape.stage > 1:
-            return PipelineSteps(self).compile_eval_step()
+            return PipelineSteps(self).jit_eval_step()
         graphdef, objective = self.graphdef, self.config.train.objective
 
         def local_eval(params, tokens):
