@@ -11,6 +11,7 @@ from jax.sharding import AxisType, Mesh
 
 from meshtron.configs.errors import ConfigError
 from meshtron.configs.schema import Config
+from meshtron.parallel import zero
 from meshtron.parallel.rules import MESH_AXES
 
 
@@ -62,7 +63,7 @@ def resolve_mesh_shape(config: Config, n_devices: int) -> MeshShape:
         raise ConfigError(f"config key '{key}': train.batch_size={t.batch_size} sequences do not split into "
                           f"{micro} micro-batch(es) over {shape.batch_shards} data shards; use a batch size that is "
                           f"a multiple of {shards}")
-    if p.zero_stage >= 1 and m.d_model % data:
+    if zero.partitions_anything(p.zero_stage) and m.d_model % data:
         raise ConfigError(f"config key 'parallel.zero_stage': ZeRO splits d_model={m.d_model} over data={data} "
                           f"devices, which does not divide it; use zero_stage=0 or a data degree dividing d_model")
     return shape

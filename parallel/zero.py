@@ -26,10 +26,38 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from meshtron.parallel.jax_compat import NEVER_SAVED, all_gather_invariant, mark_varying, varying_axes
-from meshtron.parallel.rules import ZERO_AXIS, Rules, partition_spec, zero_dim
+from meshtron.parallel.rules import ZERO, ZERO_AXIS, Rules, partition_spec, rules_for, zero_dim
 
 _is_variable = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
 ZERO3_GATHERED = "zero3_gathered"  # name of gathered ZeRO-3 parameters: never saved for backward
+
+
+# -- what each stage partitions and when it communicates (from the rule table); callers ask these ---------
+def splits(kind: str, zero_stage: int) -> bool:
+    """Whether `zero_stage` partitions this kind of state ("params", "grads" or "opt_state") over data,
+    as the rule table of parallel/rules.py says."""
+    return getattr(rules_for(zero_stage), kind).get("embed") == ZERO["embed"]
+
+
+def partitions_anything(zero_stage: int) -> bool:
+    """Stages 1-3: something (the optimizer state first) is split over data, so `embed` must divide by it."""
+    return splits("opt_state", zero_stage)
+
+
+def updates_a_slice(zero_stage: int) -> bool:
+    """Stages 1-2: parameters are held whole, but each device updates only its 1/N slice of them."""
+    return splits("opt_state", zero_stage) and not splits("params", zero_stage)
+
+
+def reduces_every_microbatch(zero_stage: int) -> bool:
+    """Stages 2-3: gradients are summed over data after every micro-batch, so only 1/N is accumulated."""
+    return splits("grads", zero_stage)
+
+
+def reduces_once_per_step(zero_stage: int, data_degree: int) -> bool:
+    """Stages 0-1: gradients are summed over data once, after the last micro-batch (stage 0 on one data
+    shard has nothing to sum)."""
+    return not reduces_every_microbatch(zero_stage) and (partitions_anything(zero_stage) or data_degree > 1)
 
 
 def logical_names(variable: nnx.Variable) -> tuple:
@@ -73,9 +101,9 @@ def reduce_over_data(grads, rules: Rules):
 
     def reduce(names, g):
         dim = zero_dim(names)
-        if dim is None or stage == 0:
+        if dim is None or not partitions_anything(stage):
             return jax.lax.psum(g, ZERO_AXIS)
-        if stage in (1, 2):
+        if updates_a_slice(stage):
             return jax.lax.psum_scatter(g, ZERO_AXIS, scatter_dimension=dim, tiled=True)
         return g
 
@@ -107,7 +135,7 @@ def global_norm(grads, table: dict) -> jax.Array:
 
 def local_update_shard(params, rules: Rules):
     """Stages 1-2: this device's 1/N slice (along the ZeRO dim) of parameters held whole."""
-    if rules.zero_stage not in (1, 2):
+    if not updates_a_slice(rules.zero_stage):
         return params
     index = jax.lax.axis_index(ZERO_AXIS)
 
@@ -123,7 +151,7 @@ def local_update_shard(params, rules: Rules):
 
 def gather_updated(params, rules: Rules):
     """Stages 1-2: all-gather the updated slices back into whole parameters."""
-    if rules.zero_stage not in (1, 2):
+    if not updates_a_slice(rules.zero_stage):
         return params
 
     def gather(names, p):

@@ -30,6 +30,7 @@ from meshtron.model.layers import compute_dtype
 from meshtron.model.transformer import Transformer
 from meshtron.parallel.mesh import MeshShape
 from meshtron.parallel.rules import MEGATRON, PIPELINE, Rules, partition_spec, zero_dim
+from meshtron.parallel import zero
 from meshtron.parallel.zero import logical_names
 from meshtron.train.run.optim import make_optimizer
 
@@ -134,7 +135,7 @@ def model_state_bytes(params, opt_state, rules: Rules, degrees: dict, precision:
 def gathered_weight_bytes(params, rules: Rules, degrees: dict, model: ModelConfig, precision: Precision) -> int:
     """ZeRO-3's working set: the embedding, final norm and head gathered for the whole step, plus one
     block's gathered weights, in the compute dtype (0 below stage 3)."""
-    if rules.zero_stage < 3:
+    if not zero.splits("params", rules.zero_stage):
         return 0
     outer = sum(shard_elements(t, MEGATRON, degrees) for t in params if not t.in_blocks)
     block = sum(shard_elements(t, MEGATRON, degrees) for t in params if t.in_blocks) // model.n_layers
@@ -244,13 +245,13 @@ def data_axis_terms(params, config: Config, shape: MeshShape, precision: Precisi
         return CommTerm("data", kind, _ring(kind, elements, n), nbytes, what)
 
     split = split_blocks + split_outer
-    if stage == 0:
+    if not zero.partitions_anything(stage):
         return [term("all-reduce", split + whole, grad, "gradient, once per step")]
-    per_micro = accum if stage >= 2 else 1
+    per_micro = accum if zero.reduces_every_microbatch(stage) else 1
     terms = [term("all-reduce", per_micro * whole, grad, "tensors without an embed axis (biases)")]
-    if stage in (1, 2):
+    if zero.updates_a_slice(stage):
         terms += [term("reduce-scatter", per_micro * split, grad,
-                       "gradient" + (", every micro-batch" if stage == 2 else ", once per step")),
+                       "gradient" + (", every micro-batch" if zero.reduces_every_microbatch(stage) else ", once per step")),
                   term("all-gather", split, param, "updated parameters")]
     else:
         terms += [term("all-gather", accum * split_blocks, gather, "block weights, forward"),

@@ -21,6 +21,7 @@ from meshtron.model.counting import count_params
 from meshtron.train.planner import formulas, temporaries
 from meshtron.parallel.mesh import MeshShape, resolve_mesh_shape
 from meshtron.train.planner.formulas import CommTerm, Precision
+from meshtron.parallel import zero
 from meshtron.parallel.rules import rules_for
 from meshtron.train.planner.pipeline import PipelineFigures, pipeline_figures, stage_axis_terms
 
@@ -163,14 +164,18 @@ def zero_paper_state(psi: float, data_degree: int, stage: int, bytes_per_param: 
     (params, grads, optimizer) bytes per parameter, the formula in Ψ, and the data-axis ring volume."""
     p, g, k = bytes_per_param
     n = data_degree
-    state = {"params_bytes": p * psi / (n if stage >= 3 else 1),
-             "grads_bytes": g * psi / (n if stage >= 2 else 1),
-             "optimizer_bytes": k * psi / (n if stage >= 1 else 1)}
+    per_param = {"params": p, "grads": g, "opt_state": k}
+    split = {kind: zero.splits(kind, stage) for kind in per_param}
+    state = {"params_bytes": p * psi / (n if split["params"] else 1),
+             "grads_bytes": g * psi / (n if split["grads"] else 1),
+             "optimizer_bytes": k * psi / (n if split["opt_state"] else 1)}
     state["model_state_bytes"] = sum(state.values())
     # bytes per parameter held whole, and held as a 1/N slice
-    whole, split = {0: (p + g + k, 0), 1: (p + g, k), 2: (p, g + k), 3: (0, p + g + k)}[stage]
-    state["formula"] = " + ".join(([f"{whole}Ψ"] if whole else []) + ([f"{split}Ψ/N"] if split else []))
-    state["comm_elements"] = {"data": (3 if stage == 3 else 2) * psi * (n - 1) / n}
+    whole_bytes = sum(b for kind, b in per_param.items() if not split[kind])
+    split_bytes = sum(b for kind, b in per_param.items() if split[kind])
+    state["formula"] = " + ".join(([f"{whole_bytes}Ψ"] if whole_bytes else [])
+                                  + ([f"{split_bytes}Ψ/N"] if split_bytes else []))
+    state["comm_elements"] = {"data": (3 if split["params"] else 2) * psi * (n - 1) / n}
     return state
 
 

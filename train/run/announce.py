@@ -7,6 +7,7 @@ import jax
 
 from meshtron.configs.schema import Config
 from meshtron.model.counting import count_params
+from meshtron.parallel import zero
 from meshtron.parallel.mesh import describe_mesh
 from meshtron.train.planner.plan import make_plan
 
@@ -26,7 +27,7 @@ def announce(config: Config, data, shape, say) -> None:
     say(f"plan per device: params {_mb(plan.params_bytes)}, optimizer {_mb(plan.optimizer_bytes)}, gradients "
         f"{_mb(plan.grads_bytes)}, activations {_mb(plan.activation_bytes)} (remat {m.remat}); total "
         f"{_mb(plan.total_bytes)} (`meshtron plan` for the breakdown)")
-    if config.parallel.zero_stage == 3 and not m.scan_layers:
+    if zero.splits("params", config.parallel.zero_stage) and not m.scan_layers:
         say("warning: ZeRO-3 with model.scan_layers=false lets XLA keep every gathered block for the backward pass "
             "(little memory saved); keep scan_layers=true")
 

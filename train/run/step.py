@@ -125,7 +125,7 @@ class Training:
             def micro_step(i):
                 k = jax.random.fold_in(key, i) if use_dropout else None
                 loss, grads = grad_fn(local, jax.tree.map(lambda a: a[i], micro), k, *total)
-                if rules.zero_stage >= 2:
+                if zero.reduces_every_microbatch(rules.zero_stage):
                     grads = zero.reduce_over_data(grads, rules)
                 return loss, grads
 
@@ -142,7 +142,7 @@ class Training:
                     return (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)), None
 
                 (loss, grads), _ = jax.lax.scan(body, (loss0, zeros), jnp.arange(accum))
-            if rules.zero_stage == 1 or (rules.zero_stage == 0 and self.mesh.shape[ZERO_AXIS] > 1):
+            if zero.reduces_once_per_step(rules.zero_stage, self.mesh.shape[ZERO_AXIS]):
                 grads = zero.reduce_over_data(grads, rules)  # (one device: nothing to sum)
             grads = zero.reduce_over_replicas(grads)
             return self.apply_update(params, opt_state, grads, jax.lax.psum(loss, self.batch_axes))
