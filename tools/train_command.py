@@ -78,17 +78,9 @@ def run(args) -> int:
         "tokens_per_s": round(result.tokens_per_s, 1), "seconds": round(time.time() - started, 1),
         "interrupted": result.interrupted,
     }
-    sample = None
-    decoder = config.model.arch == "decoder"  # encoders are sampled with `meshtron fill` / `generate --input`
-    if decoder and not result.interrupted and sample_tokens and config.train.sample_prompt is not None:
-        from meshtron.train.generate import generate, load_run
-
-        if jax.process_count() == 1:
-            model, tokenizer, _, _ = load_run(run_dir)
-            ids = generate(model, tokenizer.encode(config.train.sample_prompt), sample_tokens,
-                           temperature=0.8, top_k=40, seed=config.train.seed, eos_id=tokenizer.eos_id)
-            sample = config.train.sample_prompt + tokenizer.decode(ids)
-            summary["sample"] = sample
+    sample = _sample(config, run_dir, result, sample_tokens)
+    if sample is not None:
+        summary["sample"] = sample
     if jax.process_index() != 0:  # one summary per job
         return 0
     if args.json:
@@ -96,6 +88,28 @@ def run(args) -> int:
 
         json_out(summary)
         return 0
+    _print_summary(summary, result, run_dir, sample)
+    return 0
+
+
+def _sample(config, run_dir: Path, result, sample_tokens: int) -> str | None:
+    """The prompt and its continuation by the trained model (decoders, single-process jobs, when asked)."""
+    import jax
+
+    decoder = config.model.arch == "decoder"  # encoders are sampled with `meshtron fill` / `generate --input`
+    if not decoder or result.interrupted or not sample_tokens or config.train.sample_prompt is None:
+        return None
+    from meshtron.train.generate import generate, load_run
+
+    if jax.process_count() != 1:
+        return None
+    model, tokenizer, _, _ = load_run(run_dir)
+    ids = generate(model, tokenizer.encode(config.train.sample_prompt), sample_tokens,
+                   temperature=0.8, top_k=40, seed=config.train.seed, eos_id=tokenizer.eos_id)
+    return config.train.sample_prompt + tokenizer.decode(ids)
+
+
+def _print_summary(summary: dict, result, run_dir: Path, sample: str | None) -> None:
     print()
     print(f"run directory   {run_dir}")
     print(f"steps           {summary['start_step']} -> {summary['steps']}" + ("  (interrupted)" if result.interrupted else ""))
@@ -108,4 +122,3 @@ def run(args) -> int:
     if sample is not None:
         print("sample:")
         print(sample)
-    return 0

@@ -113,10 +113,18 @@ def run_schedule(schedule: Schedule, first_fn, stage_fn, last_fn, chunk_params, 
         carry["grad"] = carry["grad"].at[row["recv_grad"]].set(received)
         return carry
 
-    carry = buffers
+    carry = _run_phases(schedule, tick, buffers)
+    loss = jax.lax.psum(carry["loss"], axis)
+    shared_grads = jax.tree.map(lambda g: jax.lax.psum(g, axis), carry["shared"])
+    return loss, carry["grads"], shared_grads
+
+
+def _run_phases(schedule: Schedule, tick, carry):
+    """Every tick of the schedule, phase by phase: each phase is a scan over `count` repeats of its
+    `period` ticks, unrolled within the period; `tick(carry, t, perm, ops)` knows which ops its tick has."""
+    op_column = schedule.table[:, :, FIELDS.index("op")]
     for start, period, count in phases(schedule):
         perms = [schedule.perms[schedule.perm_of_tick[start + j]] for j in range(period)]
-        op_column = schedule.table[:, :, FIELDS.index("op")]
         ops = [set(np.unique(op_column[start + j:start + period * count:period])) for j in range(period)]
 
         def body(carry, n, start=start, period=period, perms=perms, ops=ops):
@@ -125,9 +133,7 @@ def run_schedule(schedule: Schedule, first_fn, stage_fn, last_fn, chunk_params, 
             return carry, None
 
         carry, _ = jax.lax.scan(body, carry, jnp.arange(count))
-    loss = jax.lax.psum(carry["loss"], axis)
-    shared_grads = jax.tree.map(lambda g: jax.lax.psum(g, axis), carry["shared"])
-    return loss, carry["grads"], shared_grads
+    return carry
 
 
 def _buffers(schedule, axis, flow_axes, x_struct, y_struct, res_struct, head_struct, chunk_params, shared):
