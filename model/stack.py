@@ -10,8 +10,24 @@ import jax.numpy as jnp
 from flax import nnx
 
 from meshtron.configs.schema import ModelConfig
-from meshtron.model.transformer import _zero3, remat_policy
 from meshtron.parallel import spmd
+
+REMAT_POLICIES = {
+    "none": jax.checkpoint_policies.everything_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_policy(kind: str):
+    """The activation-checkpoint policy for `model.remat`; ZeRO-3's gathered weights are never saved."""
+    return spmd.never_save_gathered(REMAT_POLICIES[kind])
+
+
+def gathers_params() -> bool:
+    """True inside a step whose layout gathers each block's weights when used (ZeRO-3)."""
+    layout = spmd.current_layout()
+    return layout is not None and layout.gathers_params
 
 
 def make_stack(cfg: ModelConfig, n_layers: int, rngs: nnx.Rngs, build: Callable[[nnx.Rngs], nnx.Module]):
@@ -32,23 +48,29 @@ def run_stack(cfg: ModelConfig, blocks, n_layers: int, x: jax.Array, call: Calla
     """x through every block: `call(block, x, layer_inputs, key) -> (x, out)`; `per_layer` is a pytree with a
     leading n_layers axis (caches, cross-attention K/V) or None. Returns x and the stacked outs."""
     keys = jax.random.split(dropout_key, n_layers) if dropout_key is not None else None
+    return scan_blocks(cfg, blocks, x, call, per_layer, keys)
 
+
+def scan_blocks(cfg: ModelConfig, blocks, x: jax.Array, call: Callable, per_layer, layer_keys, unroll: int = 1):
+    """x through every block, each gathered (ZeRO-3) and checkpointed (remat) as `cfg` and the layout ask:
+    `call(block, x, layer_inputs, key) -> (x, out)`, with per-layer inputs and keys (leading n_layers axis)
+    or None. Returns x and the stacked outs (None where the blocks return none)."""
     def layer(x, block, inputs, key):
         return call(spmd.gathered(block), x, inputs, key)  # ZeRO-3: this block's full weights, only now
 
-    layer = nnx.remat(layer, policy=remat_policy(cfg.remat)) if cfg.remat != "none" or _zero3() else layer
+    layer = nnx.remat(layer, policy=remat_policy(cfg.remat)) if cfg.remat != "none" or gathers_params() else layer
     if not cfg.scan_layers:
         outs = []
         for i, block in enumerate(blocks):
             inputs = None if per_layer is None else jax.tree.map(lambda c: c[i], per_layer)
-            x, out = layer(x, block, inputs, None if keys is None else keys[i])
+            x, out = layer(x, block, inputs, None if layer_keys is None else layer_keys[i])
             outs.append(out)
-        stacked = None if outs[0] is None else jax.tree.map(lambda *c: jnp.stack(c), *outs)
+        stacked = None if not outs or outs[0] is None else jax.tree.map(lambda *c: jnp.stack(c), *outs)
         return x, stacked
 
-    @nnx.scan(in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0),
+    @nnx.scan(in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0), unroll=unroll,
               transform_metadata={nnx.PARTITION_NAME: "layers"})
     def scan(x, block, inputs, key):
         return layer(x, block, inputs, key)
 
-    return scan(x, blocks, per_layer, keys)
+    return scan(x, blocks, per_layer, layer_keys)

@@ -15,19 +15,8 @@ from meshtron.configs.schema import ModelConfig
 from meshtron.model import mup
 from meshtron.model.block import Block
 from meshtron.model.layers import Norm, compute_dtype, dropout, make_param, scan_unroll, sinusoidal_positions
+from meshtron.model.stack import gathers_params, scan_blocks
 from meshtron.parallel import spmd
-
-REMAT_POLICIES = {
-    "none": jax.checkpoint_policies.everything_saveable,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
-
-def remat_policy(kind: str):
-    """The activation-checkpoint policy for `model.remat`; ZeRO-3's gathered weights are never saved."""
-    return spmd.never_save_gathered(REMAT_POLICIES[kind])
-
 
 def padded_init(init, vocab_size: int, vocab_rows: int, vocab_axis: int):
     """Initialise the true vocabulary and zero the padding, so the values do not depend on how
@@ -155,30 +144,13 @@ class Transformer(nnx.Module):
 def run_blocks(cfg: ModelConfig, blocks, x, positions, cache=None, cache_index=None, layer_keys=None, mask=None):
     """x (B, T, E) through stacked `blocks` (any number of layers: all of them, or one pipeline stage's),
     with per-layer dropout keys (n, 2) or None; returns x and the new cache."""
-    def layer(x, block, layer_cache, key):
-        block = spmd.gathered(block)  # ZeRO-3: this block's full weights, only now
+    def call(block, x, layer_cache, key):
         return block(x, positions, layer_cache, cache_index, key, mask)
-
-    layer = nnx.remat(layer, policy=remat_policy(cfg.remat)) if cfg.remat != "none" or _zero3() else layer
-    if not cfg.scan_layers:
-        new_caches = []
-        for i, block in enumerate(blocks):
-            layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
-            x, c = layer(x, block, layer_cache, None if layer_keys is None else layer_keys[i])
-            new_caches.append(c)
-        stacked = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new_caches)
-        return x, stacked
 
     # auto unrolling is for plain steps only: under remat or ZeRO-3 the rolled loop is what bounds the
     # memory (one block's gathered weights / activations at a time, re-gathered in the backward pass)
-    unroll = scan_unroll(cfg) if cfg.scan_unroll or (cfg.remat == "none" and not _zero3()) else 1
-
-    @nnx.scan(in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0), unroll=unroll,
-              transform_metadata={nnx.PARTITION_NAME: "layers"})
-    def scan(x, block, layer_cache, key):
-        return layer(x, block, layer_cache, key)
-
-    return scan(x, blocks, cache, layer_keys)
+    unroll = scan_unroll(cfg) if cfg.scan_unroll or (cfg.remat == "none" and not gathers_params()) else 1
+    return scan_blocks(cfg, blocks, x, call, cache, layer_keys, unroll)
 
 
 def prefix_mask(prefix, length: int):
@@ -188,11 +160,6 @@ def prefix_mask(prefix, length: int):
         return None
     pos = jnp.arange(length)
     return ((pos[None, :] <= pos[:, None])[None] | (pos[None, None, :] < prefix[:, None, None]))[:, None]
-
-
-def _zero3() -> bool:
-    layout = spmd.current_layout()
-    return layout is not None and layout.gathers_params
 
 
 def build_model(cfg: ModelConfig, seed: int = 0, vocab_rows: int | None = None) -> Transformer:
