@@ -16,7 +16,7 @@ PUBLISHED_PARAMS = {  # Hugging Face's gpt2 checkpoints and Meta's LLaMA-1 7B, c
 
 
 def test_required_presets_exist():
-    assert set(PUBLISHED_PARAMS) | {"tiny", "gpt3-175b"} <= set(preset_names())
+    assert set(PUBLISHED_PARAMS) | {"tiny", "gpt3-175b", "palm-8b"} <= set(preset_names())
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -33,6 +33,13 @@ def test_preset_parameter_counts_match_published(name, expected):
 
 def test_gpt3_175b_is_175_billion():
     assert 174.5e9 < count_params(load_config("gpt3-175b").model).total < 175.5e9
+
+
+def test_palm_8b_is_a_multi_query_parallel_block_model_of_8_63_billion():
+    model = load_config("palm-8b").model
+    assert (model.parallel_block, model.n_kv_heads, model.mlp, model.bias, model.position) == (
+        True, 1, "swiglu", False, "rope")
+    assert 8.625e9 < count_params(model).total < 8.635e9
 
 
 def test_overrides_are_typed():
