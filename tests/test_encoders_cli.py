@@ -71,3 +71,52 @@ def test_export_matches_transformers_and_imports_back(run, meshtron_cli):
     assert imported.model.arch == config.model.arch and imported.train.objective == config.train.objective
     again = (back(jnp.asarray(tokens)) if kind == "bert" else back(jnp.asarray(tokens), jnp.asarray(tokens[:, :7])))
     np.testing.assert_allclose(np.asarray(again)[..., :config.model.vocab_size], ours, atol=1e-5)
+
+
+def test_exported_tokenizer_reads_text_as_fill_and_generate_do(run, meshtron_cli):
+    from meshtron.train.data import special_tokens
+    from meshtron.train.data.tokenizer import Tokenizer
+    from meshtron.train.seq_generate import SpecialText
+
+    kind, root, _ = run
+    code, _, err = meshtron_cli("export", root / "run", "--format", "hf", "--out", root / "hf_tokenizer")
+    assert code == 0, err
+    hf = transformers.AutoTokenizer.from_pretrained(root / "hf_tokenizer")
+    tokenizer, vocab = Tokenizer.from_run_dir(root / "run"), 612
+    objective = "mlm" if kind == "bert" else "span_corruption"
+    ours = SpecialText(tokenizer, vocab, objective)
+    special = "def [MASK](x): return [MASK]" if kind == "bert" else "def f(<extra_id_0>): <extra_id_1> x </s> y"
+    ordinary = ["def f(x):\n    return x + 1", "  héllo 日本語\t", ""]
+    for text in [*ordinary, special]:
+        assert hf(text)["input_ids"] == ours.frame(text), text
+        ids = ours.frame(text)
+        assert hf.decode(ids) == ours.decode(ids)  # what generate prints
+    for text in ordinary:
+        assert hf.decode(hf(text)["input_ids"], skip_special_tokens=True) == text
+        assert hf(text, add_special_tokens=False)["input_ids"] == tokenizer.encode(text)
+    if kind == "bert":
+        assert hf.mask_token_id == special_tokens.mask_id(vocab) and hf.mask_token == "[MASK]"
+        assert (hf.cls_token_id, hf.sep_token_id, hf.pad_token_id) == (tokenizer.bos_id, tokenizer.eos_id, 0)
+        ids = hf("x")["input_ids"]
+        assert ids[0] == tokenizer.bos_id and ids[-1] == tokenizer.eos_id
+        # fill's probabilities are the exported model's at the exported tokenizer's mask positions
+        code, out, _ = meshtron_cli("fill", root / "run", "--text", special, "--top-k", "3", "--json")
+        masks = json.loads(out)
+        ids = hf(special, return_tensors="pt")
+        model = transformers.BertForMaskedLM.from_pretrained(root / "hf_tokenizer").eval()
+        with torch.no_grad():
+            probs = torch.softmax(model(**ids).logits[0], -1).numpy()
+        positions = [i for i, t in enumerate(ids["input_ids"][0].tolist()) if t == hf.mask_token_id]
+        assert code == 0 and [m["position"] for m in masks] == positions
+        for m in masks:
+            np.testing.assert_allclose(probs[m["position"], m["ids"]], m["probs"], atol=1e-4)
+    else:
+        sentinels = [special_tokens.sentinel_text(i) for i in range(100)]
+        assert hf.convert_tokens_to_ids(sentinels) == [vocab - 1 - i for i in range(100)]
+        assert set(sentinels) <= set(hf.all_special_tokens)
+        assert hf("x")["input_ids"][-1] == hf.eos_token_id == tokenizer.eos_id and hf.pad_token_id == 0
+        assert "token_type_ids" not in hf("x")
+        code, out, _ = meshtron_cli("generate", root / "run", "--input", special, "--temperature", "0",
+                                    "--max-new-tokens", "6", "--json")
+        result = json.loads(out)
+        assert code == 0 and result["text"] == hf.decode(result["tokens"])

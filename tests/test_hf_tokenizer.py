@@ -78,3 +78,36 @@ def test_a_file_that_is_not_sentencepiece_is_refused(tmp_path):
     bogus.write_bytes(b"not a model")
     with pytest.raises(UserError, match="not a SentencePiece model"):
         write_hf_tokenizer(bogus, tmp_path, model_max_length=32)
+
+
+@pytest.mark.parametrize("objective", ["mlm", "span_corruption"])
+def test_encoder_tokenizers_carry_special_tokens_and_frame_as_meshtron(objective, sp_model, held_out, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from meshtron.configs.objectives import reserved_ids
+    from meshtron.train.data import special_tokens
+    from meshtron.train.seq_generate import SpecialText
+
+    sp = Tokenizer(sp_model)
+    vocab_size = sp.vocab_size + 3 + reserved_ids(objective)  # 3 ids are neither pieces nor reserved
+    write_hf_tokenizer(sp_model, tmp_path, model_max_length=32, objective=objective, vocab_size=vocab_size)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    ours = SpecialText(sp, vocab_size, objective)
+    reserved = special_tokens.reserved_tokens(objective, vocab_size)
+    assert len(tok) == vocab_size and tok.pad_token_id == 0
+    assert tok.convert_ids_to_tokens(sorted(reserved)) == [reserved[i] for i in sorted(reserved)]
+    assert tok.convert_ids_to_tokens(sp.vocab_size) == f"<unused_{sp.vocab_size}>"
+    if objective == "mlm":
+        assert (tok.mask_token_id, tok.cls_token_id, tok.sep_token_id) == (vocab_size - 1, sp.bos_id, sp.eos_id)
+        specials = ["def [MASK](x): [MASK]", "[MASK]", "a[MASK]b <s> </s>x<unk>"]
+    else:
+        assert tok.convert_tokens_to_ids(["<extra_id_0>", "<extra_id_99>"]) == [vocab_size - 1, vocab_size - 100]
+        specials = ["def f(<extra_id_0>): <extra_id_1>", "<extra_id_99><extra_id_100>", "x </s> y"]
+    texts = held_out[:5] + held_out[5:400] + EDGE_CASES
+    for text in texts + specials:
+        assert tok(text)["input_ids"] == ours.frame(text), text[:80]
+    for text in specials:
+        ids = ours.frame(text)
+        assert tok.decode(ids) == ours.decode(ids)
+    for text in [t for t in texts if not any(s in t for s in ours.ids)]:
+        assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
+        assert tok.encode(text, add_special_tokens=False) == sp.encode(text)

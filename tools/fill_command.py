@@ -16,6 +16,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     """Tokenize as the exported BERT tokenizer does ([CLS] text [SEP]), print the top-k per [MASK]."""
     from meshtron.configs.errors import UserError
+    from meshtron.train.data.special_tokens import mask_id
     from meshtron.train.generate import load_run
     from meshtron.train.seq_generate import SpecialText, fill
 
@@ -25,8 +26,7 @@ def run(args) -> int:
     if args.top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {args.top_k}")
     text = SpecialText(tokenizer, config.model.vocab_size, config.train.objective)
-    ids = [tokenizer.bos_id] + text.encode(args.text) + [tokenizer.eos_id]
-    masks = fill(model, ids, config.model.vocab_size - 1, args.top_k)
+    masks = fill(model, text.frame(args.text), mask_id(config.model.vocab_size), args.top_k)
     for m in masks:
         m["pieces"] = [text.piece(i) for i in m["ids"]]
     if args.json:

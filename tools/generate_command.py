@@ -45,7 +45,7 @@ def _run_seq(args, model, tokenizer, config) -> int:
         raise UserError(f"--input needs an encoder-decoder run; {args.run_dir} is model.arch={config.model.arch}"
                         + (" (use meshtron fill)" if config.model.arch == "encoder" else " (use --prompt)"))
     text = SpecialText(tokenizer, config.model.vocab_size, config.train.objective)
-    ids = text.encode(args.input or "") + [tokenizer.eos_id]
+    ids = text.frame(args.input or "")
     tokens = generate_seq(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p, seed=args.seed, eos_id=tokenizer.eos_id)
     out = text.decode(tokens)

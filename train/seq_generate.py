@@ -1,9 +1,8 @@
 """Using encoder and encoder-decoder runs: text with special tokens ([MASK], <extra_id_N>) <-> ids, BERT-style
 mask filling, and encoder-decoder generation with a KV cache (cross-attention K/V computed once).
 
-Special ids sit above the tokenizer's pieces, as the objectives put them: [MASK] = vocab_size - 1 (mlm),
-<extra_id_i> = vocab_size - 1 - i (span corruption). Input framing follows the exported Hugging Face
-tokenizers: BERT's [CLS] text [SEP] (Meshtron's <s> and </s>), T5's text </s>.
+The special tokens, their ids and the framing of an input (BERT's [CLS] text [SEP], T5's text </s>) come from
+train/data/special_tokens.py, which the exported Hugging Face tokenizer is built from too.
 """
 
 from __future__ import annotations
@@ -17,56 +16,69 @@ import numpy as np
 from flax import nnx
 
 from meshtron.configs.errors import UserError
-from meshtron.configs.objectives import SENTINELS
+from meshtron.train.data import special_tokens
+from meshtron.train.data.special_tokens import MASK_TEXT
 from meshtron.train.generate import sample_logits
 
-MASK_TEXT = "[MASK]"
-_SPECIAL = re.compile(r"(\[MASK\]|<extra_id_\d+>)")
+SPACE = "\u2581"  # SentencePiece's visible space
 
 
 class SpecialText:
-    """encode / decode of a run's tokenizer plus the objective's special tokens."""
+    """encode / decode of a run's tokenizer plus its special tokens, as the exported Hugging Face tokenizer does:
+    the objective's reserved tokens ([MASK], <extra_id_N>) and, for a SentencePiece tokenizer, its control pieces
+    (<unk>, <s>, </s>) are read in text as their ids (leftmost, longest first); `frame` adds [CLS]/[SEP] or EOS."""
 
     def __init__(self, tokenizer, vocab_size: int, objective: str):
         self.tokenizer, self.vocab_size, self.objective = tokenizer, vocab_size, objective
-
-    def special_id(self, text: str) -> int:
-        if text == MASK_TEXT and self.objective == "mlm":
-            return self.vocab_size - 1
-        match = re.fullmatch(r"<extra_id_(\d+)>", text)
-        if match and self.objective == "span_corruption" and int(match.group(1)) < SENTINELS:
-            return self.vocab_size - 1 - int(match.group(1))
-        raise UserError(f"{text} is not a special token of this {self.objective} run")
+        self.names = {**{i: t for t, i in tokenizer.control_tokens().items()},
+                      **special_tokens.reserved_tokens(objective, vocab_size)}  # id -> text
+        self.ids = {t: i for i, t in self.names.items()}
+        longest_first = sorted(self.ids, key=len, reverse=True)
+        self._split = re.compile("(" + "|".join(map(re.escape, longest_first)) + ")") if self.ids else None
 
     def encode(self, text: str) -> list[int]:
-        """Ids of `text`; [MASK] / <extra_id_N> become their ids, the text between is encoded piece by piece."""
+        """Ids of `text`: special tokens become their ids, the text between is encoded piece by piece."""
         ids: list[int] = []
-        for part in _SPECIAL.split(text):
-            if _SPECIAL.fullmatch(part):
-                ids.append(self.special_id(part))
+        for n, part in enumerate(self._split.split(text) if self._split else [text]):
+            if n % 2:
+                ids.append(self.ids[part])
             elif part:
                 ids.extend(self.tokenizer.encode(part))
         return ids
 
+    def frame(self, text: str) -> list[int]:
+        """What the model reads for `text`: BERT's [CLS] ids [SEP], T5's ids </s> (special_tokens.frame)."""
+        return special_tokens.frame(self.encode(text), self.objective, self.tokenizer.bos_id, self.tokenizer.eos_id)
+
     def piece(self, token_id: int) -> str:
-        """The text of one id (specials by name)."""
+        """The text of one id (special tokens by name)."""
+        if token_id in self.names:
+            return self.names[token_id]
         if token_id >= self.tokenizer.vocab_size:
-            if self.objective == "mlm":
-                return MASK_TEXT if token_id == self.vocab_size - 1 else f"<unused_{token_id}>"
-            return f"<extra_id_{self.vocab_size - 1 - token_id}>"
+            return special_tokens.unused_text(token_id)
         return self.tokenizer.decode([token_id])
 
     def decode(self, ids: list[int]) -> str:
-        """Text of `ids`, special ids written by name."""
+        """Text of `ids`, special tokens written by name: the exported tokenizer's decode(ids) (special tokens
+        kept), whose only stripped space is the one SentencePiece put before the first word."""
         out, run = [], []
+
+        def flush():
+            if run:
+                text = self.tokenizer.decode(run)
+                if out and self.tokenizer.kind == "sentencepiece" and self.tokenizer.token(run[0]).startswith(SPACE):
+                    text = " " + text
+                out.append(text)
+                run.clear()
+
         for t in ids:
-            if t >= self.tokenizer.vocab_size:
-                out.append(self.tokenizer.decode(run) if run else "")
+            if t in self.names or t >= self.tokenizer.vocab_size:
+                flush()
                 out.append(self.piece(t))
-                run = []
             else:
                 run.append(t)
-        return "".join(out) + (self.tokenizer.decode(run) if run else "")
+        flush()
+        return "".join(out)
 
 
 def fill(model, ids: list[int], mask_id: int, top_k: int) -> list[dict]:

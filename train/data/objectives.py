@@ -10,7 +10,8 @@ Each objective turns a batch of raw windows (B, raw_length) into named arrays:
   mlm              inputs (B, T) with [MASK]/random/kept tokens, targets (B, T), weights 1 on chosen positions
   span_corruption  inputs (B, T) (encoder), decoder_inputs (B, U), targets (B, U), weights (B, U)
 
-Sentinels (T5's <extra_id_i>) are counted down from the top of the vocabulary: span i -> vocab_size - 1 - i.
+Sentinels (T5's <extra_id_i>) are counted down from the top of the vocabulary: span i -> vocab_size - 1 - i
+(train/data/special_tokens.py names these ids for `meshtron fill`, `meshtron generate` and the exported tokenizer).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import numpy as np
 from meshtron.configs.errors import ConfigError
 from meshtron.configs.objectives import reserved_ids
 from meshtron.configs.schema import Config, DataConfig
-from meshtron.train.data import objectives
+from meshtron.train.data import objectives, special_tokens
 from meshtron.train.data.corpus import text_splits
 from meshtron.train.data.tokenizer import TRAINER_OPTIONS, Tokenizer, train_tokenizer
 
@@ -208,6 +208,6 @@ def prepare_data(config: Config, log=print, run_dir: Path | None = None) -> Data
         if len(windows) == 0:
             raise ConfigError(f"config key 'data.source': the {name} split has {len(windows.tokens)} tokens, fewer "
                               f"than model.seq_len allows ({length} per example); add text or lower model.seq_len")
-    specials = objectives.Specials(eos_id=tokenizer.eos_id, mask_id=config.model.vocab_size - 1,
+    specials = objectives.Specials(eos_id=tokenizer.eos_id, mask_id=special_tokens.mask_id(config.model.vocab_size),
                                    vocab_size=config.model.vocab_size, ordinary=tokenizer.vocab_size)
     return Dataset(tokenizer=tokenizer, train=train, val=val, key=key, objective=objective, specials=specials)

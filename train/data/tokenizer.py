@@ -101,6 +101,10 @@ class _SentencePiece:
     def token(self, token_id: int) -> str:
         return self.sp.id_to_piece(token_id)
 
+    def control_tokens(self) -> dict[str, int]:
+        return {self.sp.id_to_piece(i): i for i in range(self.vocab_size)
+                if self.sp.is_control(i) or self.sp.is_unknown(i)}
+
 
 class _HuggingFace:
     """A `tokenizers` tokenizer from tokenizer.json (data only: nothing in it is executed)."""
@@ -141,6 +145,9 @@ class _HuggingFace:
 
     def token(self, token_id: int) -> str:
         return self.hf.id_to_token(token_id)
+
+    def control_tokens(self) -> dict[str, int]:
+        return {}  # its exported copy reads every special token in text as text (split_special_tokens)
 
 
 def _id_or_none(token_id: int) -> int | None:
@@ -220,6 +227,16 @@ class Tokenizer:
     def decode(self, ids) -> str:
         """Ids -> text; the inverse of encode (special tokens are dropped)."""
         return self._impl.decode([int(i) for i in ids])
+
+    def token(self, token_id: int) -> str:
+        """The piece of one id as the vocabulary writes it ("▁def", "<s>")."""
+        return self._impl.token(int(token_id))
+
+    def control_tokens(self) -> dict[str, int]:
+        """text -> id of the SentencePiece control and unknown pieces (<unk>, <s>, </s>): the exported
+        tokenizer of an encoder or encoder-decoder run reads them in text as those tokens, as BERT's and T5's
+        do; {} for a Hugging Face tokenizer.json."""
+        return self._impl.control_tokens()
 
     def model_bytes(self) -> bytes:
         """The serialized tokenizer file (what is saved beside and inside checkpoints)."""

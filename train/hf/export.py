@@ -246,14 +246,18 @@ def export_safetensors(model_cfg: ModelConfig, params: dict, out_dir: Path, max_
 
 
 def _export_seq(model_cfg, params, tokenizer_path, out_dir, dtype, overwrite) -> Path:
+    from meshtron.configs.objectives import ARCH_OBJECTIVES
+    from meshtron.train.data.objectives import PAD_ID
     from meshtron.train.data.tokenizer import Tokenizer
     from meshtron.train.hf import tokenizer as hf_tokenizer
     from meshtron.train.hf.seq_export import export_seq_hf
 
     tokenizer = Tokenizer(tokenizer_path) if tokenizer_path is not None else None
-    specials = {"eos": tokenizer.eos_id if tokenizer else 2, "pad": 0}
+    specials = {"eos": tokenizer.eos_id if tokenizer else 2, "pad": PAD_ID}
+    objective = ARCH_OBJECTIVES[model_cfg.arch][0]  # mlm or span_corruption: its special tokens are exported
     write = (None if tokenizer is None else
-             lambda tmp: hf_tokenizer.write_tokenizer(tokenizer, tmp, model_max_length=model_cfg.seq_len))
+             lambda tmp: hf_tokenizer.write_tokenizer(tokenizer, tmp, model_max_length=model_cfg.seq_len,
+                                                      objective=objective, vocab_size=model_cfg.vocab_size))
     return export_seq_hf(model_cfg, params, out_dir, dtype=dtype, overwrite=overwrite, specials=specials,
                          write_tokenizer=write)
 

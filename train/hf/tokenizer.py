@@ -9,6 +9,13 @@ encodes the whole string, so pieces may span spaces), and characters outside the
 become <0xNN> byte pieces. Control pieces (<s>, </s>) and <unk> are special tokens that the
 tokenizer never matches in text (`split_special_tokens`), as SentencePiece does.
 
+Encoder (mlm) and encoder-decoder (span_corruption) runs export the model's whole vocabulary: the
+objective's reserved ids ([MASK]; the sentinels <extra_id_N>, extra_id_0 highest) are special tokens at
+Meshtron's ids (any ids between the pieces and them are <unused_ID>, never produced from text), a
+TemplateProcessing post-processor frames an input as train/data/special_tokens.py's `framing` says
+(<s> text </s> as BERT's [CLS] text [SEP]; T5's text </s>), and special tokens in text are read as
+such, as BERT's and T5's tokenizers and `meshtron fill` / `meshtron generate --input` do.
+
 Known difference: when the same piece can be formed at two overlapping places by two
 different splits (symbols "a", "aa", "a" with piece "aaa"), SentencePiece merges the leftmost
 and `tokenizers` the split ranked first. tests/test_hf_tokenizer.py finds no difference on
@@ -24,6 +31,9 @@ from pathlib import Path
 import sentencepiece as spm
 
 from meshtron.configs.errors import UserError
+from meshtron.train.data import special_tokens
+from meshtron.train.data.objectives import PAD_ID
+from meshtron.train.data.special_tokens import MASK_TEXT
 from meshtron.train.data.tokenizer import Tokenizer
 
 SPACE = "\u2581"  # "▁", SentencePiece's visible space
@@ -66,8 +76,10 @@ def bpe_merges(pieces: list[tuple[str, float, int]]) -> list[tuple[str, str]]:
     return [(left, right) for *_, left, right in ranked]
 
 
-def build_hf_tokenizer(sp_model_path: Path):
-    """The `tokenizers.Tokenizer` that reproduces the SentencePiece model's ids and decoding."""
+def build_hf_tokenizer(sp_model_path: Path, objective: str = "causal", vocab_size: int | None = None):
+    """The `tokenizers.Tokenizer` that reproduces the SentencePiece model's ids and decoding. For an mlm or
+    span_corruption run (`vocab_size` ids in all), the objective's reserved tokens ([MASK], <extra_id_N>) are
+    special tokens at Meshtron's ids and the post-processor frames an input as Meshtron does."""
     try:
         from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
     except ImportError:
@@ -75,8 +87,10 @@ def build_hf_tokenizer(sp_model_path: Path):
     proto = _model_proto(sp_model_path)
     pieces = [(p.piece, p.score, p.type) for p in proto.pieces]
     unk = pieces[proto.trainer_spec.unk_id][0]
-    model = models.BPE(vocab={p: i for i, (p, _, _) in enumerate(pieces)}, merges=bpe_merges(pieces),
-                       unk_token=unk, fuse_unk=True, byte_fallback=True)
+    vocab = {p: i for i, (p, _, _) in enumerate(pieces)}
+    reserved = _reserved(objective, vocab_size, vocab)
+    vocab.update({text: i for i, text in reserved.items()})
+    model = models.BPE(vocab=vocab, merges=bpe_merges(pieces), unk_token=unk, fuse_unk=True, byte_fallback=True)
     tokenizer = Tokenizer(model)
     norm = proto.normalizer_spec
     steps = []
@@ -89,10 +103,51 @@ def build_hf_tokenizer(sp_model_path: Path):
     if norm.add_dummy_prefix:
         decode_steps.append(decoders.Strip(" ", 1, 0))
     tokenizer.decoder = decoders.Sequence(decode_steps)
-    # SentencePiece types: 2 unknown, 3 control
+    # SentencePiece types: 2 unknown, 3 control; then the objective's tokens (not the <unused_ID> fillers)
     specials = [p for p, _, kind in pieces if kind in (2, 3)]
+    if reserved:
+        specials += [text for _, text in sorted(special_tokens.reserved_tokens(objective, vocab_size).items())]
     tokenizer.add_special_tokens([AddedToken(p, normalized=False, special=True) for p in specials])
+    if reserved:
+        tokenizer.post_processor = post_processor(objective, {role: _role_token(proto, role)
+                                                              for role in (special_tokens.BOS, special_tokens.EOS)})
     return tokenizer
+
+
+def _reserved(objective: str, vocab_size: int | None, vocab: dict[str, int]) -> dict[int, str]:
+    """id -> text of every id above the tokenizer's pieces: the objective's tokens and <unused_ID> fillers."""
+    reserved = special_tokens.reserved_tokens(objective, vocab_size) if vocab_size is not None else {}
+    if not reserved:
+        return {}
+    if len(vocab) + len(reserved) > vocab_size:
+        raise UserError(f"the tokenizer has {len(vocab)} pieces; with {objective}'s {len(reserved)} special ids "
+                        f"they do not fit model.vocab_size={vocab_size}")
+    out = {i: reserved.get(i, special_tokens.unused_text(i)) for i in range(len(vocab), vocab_size)}
+    taken = [text for text in out.values() if text in vocab]
+    if taken:
+        raise UserError(f"the tokenizer has a piece {taken[0]!r}, the text of a {objective} special token; "
+                        "retrain the tokenizer")
+    return out
+
+
+def post_processor(objective: str, tokens: dict[str, tuple[str, int]]):
+    """The TemplateProcessing that frames one input as special_tokens.framing says (BERT: <s> $A </s>, T5:
+    $A </s>) and a pair as BERT and T5 do (the first framed, the second followed by the closing tokens);
+    `tokens`: role -> (text, id)."""
+    from tokenizers import processors
+
+    before, after = special_tokens.framing(objective)
+    single = [f"{tokens[r][0]}:0" for r in before] + ["$A:0"] + [f"{tokens[r][0]}:0" for r in after]
+    pair = single + ["$B:1"] + [f"{tokens[r][0]}:1" for r in after]
+    used = dict(tokens[r] for r in before + after)
+    return processors.TemplateProcessing(single=single, pair=pair, special_tokens=list(used.items()))
+
+
+def _role_token(proto, role: str) -> tuple[str, int]:
+    token_id = getattr(proto.trainer_spec, f"{role}_id")
+    if not 0 <= token_id < len(proto.pieces):
+        raise UserError(f"the tokenizer has no {role.upper()} piece, which frames the model's input")
+    return proto.pieces[token_id].piece, token_id
 
 
 def _special(proto, which: str) -> str | None:
@@ -100,22 +155,36 @@ def _special(proto, which: str) -> str | None:
     return proto.pieces[token_id].piece if 0 <= token_id < len(proto.pieces) else None
 
 
-def write_hf_tokenizer(sp_model_path: Path, out_dir: Path, model_max_length: int) -> list[Path]:
+def write_hf_tokenizer(sp_model_path: Path, out_dir: Path, model_max_length: int, objective: str = "causal",
+                       vocab_size: int | None = None) -> list[Path]:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `out_dir`
-    (loads with AutoTokenizer as a PreTrainedTokenizerFast); returns the paths written."""
+    (loads with AutoTokenizer as a PreTrainedTokenizerFast); returns the paths written. An mlm run's tokenizer
+    names [MASK] its mask_token and <s> / </s> its cls / sep tokens; a span_corruption run's lists the
+    sentinels as additional special tokens; both pad with id 0, as the exported models do."""
     proto = _model_proto(sp_model_path)
     tokenizer_path = Path(out_dir) / "tokenizer.json"
-    build_hf_tokenizer(sp_model_path).save(str(tokenizer_path))
+    build_hf_tokenizer(sp_model_path, objective, vocab_size).save(str(tokenizer_path))
     special = {f"{w}_token": _special(proto, w) for w in ("bos", "eos", "unk", "pad")}
-    return [tokenizer_path, *_write_tokenizer_config(out_dir, special, model_max_length)]
+    framed = vocab_size is not None and objective in special_tokens.FRAMING
+    if framed:
+        special["pad_token"] = proto.pieces[PAD_ID].piece
+    if framed and objective == "mlm":
+        special.update(cls_token=special["bos_token"], sep_token=special["eos_token"], mask_token=MASK_TEXT)
+    if framed and objective == "span_corruption":
+        sentinels = special_tokens.reserved_tokens(objective, vocab_size)
+        special["additional_special_tokens"] = [sentinels[i] for i in sorted(sentinels, reverse=True)]
+    written = _write_tokenizer_config(out_dir, special, model_max_length, objective if framed else None)
+    return [tokenizer_path, *written]
 
 
-def write_tokenizer(tokenizer: Tokenizer, out_dir: Path, model_max_length: int) -> list[Path]:
+def write_tokenizer(tokenizer: Tokenizer, out_dir: Path, model_max_length: int, objective: str = "causal",
+                    vocab_size: int | None = None) -> list[Path]:
     """The Hugging Face tokenizer files of a run's tokenizer: converted from SentencePiece (whose model is
-    copied too, as tokenizer.model, for a lossless import), or a tokenizer.json copied as it is."""
+    copied too, as tokenizer.model, for a lossless import), or a tokenizer.json copied as it is. A SentencePiece
+    tokenizer of an mlm or span_corruption run with `vocab_size` ids gains the objective's special tokens."""
     out_dir = Path(out_dir)
     if tokenizer.kind == "sentencepiece":
-        written = write_hf_tokenizer(tokenizer.path, out_dir, model_max_length)
+        written = write_hf_tokenizer(tokenizer.path, out_dir, model_max_length, objective, vocab_size)
         shutil.copyfile(tokenizer.path, out_dir / "tokenizer.model")
         return [*written, out_dir / "tokenizer.model"]
     shutil.copyfile(tokenizer.path, out_dir / "tokenizer.json")
@@ -123,16 +192,27 @@ def write_tokenizer(tokenizer: Tokenizer, out_dir: Path, model_max_length: int) 
                                                                  model_max_length)]
 
 
-def _write_tokenizer_config(out_dir: Path, special: dict[str, str | None], model_max_length: int) -> list[Path]:
+def _write_tokenizer_config(out_dir: Path, special: dict, model_max_length: int,
+                            framed_objective: str | None = None) -> list[Path]:
     special = {k: v for k, v in special.items() if v is not None}
+    if framed_objective is None:
+        behaviour = {
+            # Meshtron trains without BOS (documents are separated by EOS), so prompts get none either
+            "add_bos_token": False,
+            "add_eos_token": False,
+            # Meshtron never reads "<s>" or "<|endoftext|>" in text as the control token; neither does this tokenizer
+            "split_special_tokens": True,
+        }
+    else:
+        # BERT / T5: tokenizer.json's post-processor frames the input (transformers would replace it if
+        # add_bos_token / add_eos_token were set), and special tokens in text are read as such, [MASK] included
+        behaviour = {"split_special_tokens": False}
+        if framed_objective == "span_corruption":
+            behaviour["model_input_names"] = ["input_ids", "attention_mask"]  # T5 takes no token_type_ids
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": model_max_length,
-        # Meshtron trains without BOS (documents are separated by EOS), so prompts get none either
-        "add_bos_token": False,
-        "add_eos_token": False,
-        # Meshtron never reads "<s>" or "<|endoftext|>" in text as the control token; neither does this tokenizer
-        "split_special_tokens": True,
+        **behaviour,
         "clean_up_tokenization_spaces": False,  # decoding is exact: keep " ." and " 's" as written
         **special,
     }
