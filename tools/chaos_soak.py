@@ -118,7 +118,12 @@ def equal_params(a: dict, b: dict) -> bool:
 
 def _env() -> dict:
     env = dict(os.environ, MESHTRON_HEARTBEAT_SECONDS=os.environ.get("MESHTRON_HEARTBEAT_SECONDS", "10"))
-    env.pop("XLA_FLAGS", None)  # --cpu-devices sets the device count of each process
+    # --cpu-devices sets the device count of each process; a backend optimisation level (the test suite
+    # turns it off to compile faster) is passed on
+    level = [f for f in os.environ.get("XLA_FLAGS", "").split() if f.startswith("--xla_backend_optimization_level")]
+    env.pop("XLA_FLAGS", None)
+    if level:
+        env["XLA_FLAGS"] = level[-1]
     env.setdefault("JAX_PLATFORMS", "cpu")
     return env
 
