@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 from meshtron.parallel.peers import EXIT_PEER_LOST, peer_lost_message
 
@@ -137,3 +138,14 @@ def split_stderr_in_child() -> None:
     os.dup2(log, 2)
     os.close(log)
     sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding="utf-8", errors="backslashreplace")
+    threading.excepthook = _thread_failure_to_log
+
+
+def _thread_failure_to_log(args) -> None:
+    """A background thread's traceback (an async checkpoint commit waiting on a peer that died, say) goes to
+    the child's log: the terminal keeps the one line the main thread or the parent writes."""
+    import traceback
+
+    with open(os.environ[ENV], "a", encoding="utf-8", errors="backslashreplace") as log:
+        log.write(f"exception in thread {args.thread.name if args.thread else '?'}:\n")
+        traceback.print_exception(args.exc_type, args.exc_value, args.exc_traceback, file=log)
