@@ -53,6 +53,7 @@ class Liveness:
             return
         sock.setblocking(False)
         self.peers.append(sock)
+        self.log(f"supervisor liveness channel: connected to process 0's at {self.address[0]}:{self.address[1]}")
 
     def poll(self, timeout: float = 0.5) -> str | None:
         """Wait up to `timeout` for news; the reason a peer is lost, or None."""
@@ -68,6 +69,7 @@ class Liveness:
                     conn, _ = sock.accept()
                     conn.setblocking(False)
                     self.peers.append(conn)
+                    self.log(f"supervisor liveness channel: {len(self.peers)} of {self.num_processes - 1} connected")
                 except OSError:
                     pass
                 continue
@@ -82,6 +84,8 @@ class Liveness:
             elif not data and sock not in self.done:
                 self.lost = ("the supervisor of process 0 closed its connection" if self.process_id
                              else "another process of the job is gone")
+            if self.lost:
+                self.log(f"supervisor liveness channel: {self.lost}")
             if not data:
                 self.peers.remove(sock)
                 sock.close()
