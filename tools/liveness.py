@@ -82,7 +82,7 @@ class Liveness:
             if data.startswith(b"done"):
                 self.done.add(sock)
             elif not data and sock not in self.done:
-                self.lost = ("the supervisor of process 0 closed its connection" if self.process_id
+                self.lost = ("process 0 of the job is gone" if self.process_id
                              else "another process of the job is gone")
             if self.lost:
                 self.log(f"supervisor liveness channel: {self.lost}")
