@@ -1,8 +1,8 @@
-"""The supervisors of one multi-process job watch each other, so a dead peer never leaves a survivor hanging.
+"""The supervisors of one multi-process job watch each other, so survivors of a dead peer stop at once.
 
-JAX's distributed runtime is meant to end the survivors when a process dies (heartbeats, lost
-connections), but a survivor blocked in a barrier (an async checkpoint commit, say) can wait there
-for minutes. The supervisor processes (tools/supervise.py) are idle and hold no GIL-heavy work, so
+JAX's distributed runtime ends the survivors when a process dies (heartbeats, lost connections),
+but only after seconds, and a survivor's background threads (an async checkpoint commit waiting on
+its barrier) may fail noisily first. The supervisor processes (tools/supervise.py) are idle and hold no GIL-heavy work, so
 they keep a plain TCP connection to each other: process 0's supervisor listens on the coordinator's
 port + 1 and every other supervisor connects to it. A connection that closes without a `done` line
 means that process is gone: the supervisor that sees it stops its own work and reports the lost
