@@ -3,8 +3,8 @@
 JAX's distributed runtime ends the survivors when a process dies (heartbeats, lost connections),
 but only after seconds, and a survivor's background threads (an async checkpoint commit waiting on
 its barrier) may fail noisily first. The supervisor processes (tools/supervise.py) are idle and
-hold no GIL-heavy work, so they keep a plain TCP connection to each other: process 0's supervisor listens on the coordinator's
-port + 1 and every other supervisor connects to it. A connection that closes without a `done` line
+hold no GIL-heavy work, so they keep a plain TCP connection to each other: process 0's supervisor
+listens on the coordinator's port + 1 and every other supervisor connects to it. A connection that closes without a `done` line
 means that process is gone: the supervisor that sees it stops its own work and reports the lost
 peer; process 0's supervisor then closes every connection, so the others learn it at once too.
 
