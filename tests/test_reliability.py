@@ -159,3 +159,40 @@ def test_checksums_do_not_depend_on_the_layout():
     words = x.view(np.uint32).reshape(-1).astype(np.uint64)
     expected = [int(words.sum() % 2**32), int((words * np.arange(1, words.size + 1, dtype=np.uint64)).sum() % 2**32)]
     assert all(s == {"['x']": expected} for s in sums)
+
+
+# -- the supervisors' liveness channel ----------------------------------------------------------------------------
+def _liveness_pair():
+    import socket
+
+    from meshtron.tools.liveness import Liveness
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1] - 1  # the channel listens on the coordinator's port + 1
+    logs = []
+    zero = Liveness(f"127.0.0.1:{port}", 0, 2, logs.append)
+    one = Liveness(f"127.0.0.1:{port}", 1, 2, logs.append)
+    for _ in range(20):  # one connects, zero accepts
+        one.poll(0.05), zero.poll(0.05)
+        if one.peers and zero.peers:
+            break
+    assert one.peers and zero.peers and not any(" off" in line for line in logs)
+    return zero, one
+
+
+def test_a_supervisor_that_disappears_is_noticed_by_the_others_and_a_finished_one_is_not():
+    zero, one = _liveness_pair()
+    one.close(finished=True)  # process 1's work ended on its own
+    assert all(zero.poll(0.05) is None for _ in range(5))
+    zero.close(finished=True)
+
+    zero, one = _liveness_pair()
+    one.close(finished=False)  # process 1 is gone
+    assert any(zero.poll(0.05) == "another process of the job is gone" for _ in range(5))
+    zero.close(finished=False)
+
+    zero, one = _liveness_pair()
+    zero.close(finished=False)  # process 0 is gone
+    assert any(one.poll(0.05) for _ in range(5)) and "process 0" in one.lost
+    one.close(finished=False)

@@ -118,7 +118,12 @@ def equal_params(a: dict, b: dict) -> bool:
 
 def _env() -> dict:
     env = dict(os.environ, MESHTRON_HEARTBEAT_SECONDS=os.environ.get("MESHTRON_HEARTBEAT_SECONDS", "10"))
-    env.pop("XLA_FLAGS", None)  # --cpu-devices sets the device count of each process
+    # --cpu-devices sets the device count of each process; a backend optimisation level (the test suite
+    # turns it off to compile faster) is passed on
+    level = [f for f in os.environ.get("XLA_FLAGS", "").split() if f.startswith("--xla_backend_optimization_level")]
+    env.pop("XLA_FLAGS", None)
+    if level:
+        env["XLA_FLAGS"] = level[-1]
     env.setdefault("JAX_PLATFORMS", "cpu")
     return env
 
@@ -136,12 +141,17 @@ def run_to_end(run_dir: Path, corpus: Path, steps: int, logs: Path, timeout: flo
 def _started(run_dir: Path, corpus: Path, steps: int, logs: Path, target: int, timeout: float, tries: int = 3):
     """(a job that logged step `target`, failed starts). A start can fail without any kill: JAX's CPU
     collectives (Gloo) give a peer 30 s to join, and on a loaded host one process may compile for longer."""
+    def reached() -> bool:  # by this start: lines left by an earlier start (cut back on resume) do not count
+        path = run_dir / "metrics.jsonl"
+        return path.exists() and path.stat().st_mtime > started and logged_step(run_dir) >= target
+
     for failed in range(tries):
+        started = time.time()
         job = Job(run_dir, corpus, steps, logs, _env())
         deadline = time.time() + timeout
-        while logged_step(run_dir) < target and job.alive() and time.time() < deadline:
+        while not reached() and job.alive() and time.time() < deadline:
             time.sleep(0.05)
-        if logged_step(run_dir) >= target:
+        if reached():
             return job, failed
         job.wait(5)
     raise RuntimeError(f"the job did not reach step {target} in {tries} starts: {job.stderr(0)[-800:]} "

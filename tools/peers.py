@@ -174,6 +174,9 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
+        from meshtron.parallel.jax_compat import skip_absent_tpu
+
+        skip_absent_tpu()  # libtpu installed, no TPU here: no libtpu warnings in the table
         worker(a.worker, a.shape)
         return 0
     systems = [s for s in a.systems.split(",") if s]

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 from meshtron.parallel.peers import EXIT_PEER_LOST, peer_lost_message
 
@@ -42,11 +43,26 @@ def supervise(argv: list[str], process_id: int, num_processes: int) -> int:
     # SIGTERM is passed on; Ctrl-C (SIGINT) reaches the child from the terminal itself, so the parent only ignores it
     forward = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda s, f: child.send_signal(s)),
                signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+    watch = _liveness(argv, process_id, num_processes, log_path)
+    lost = None
     try:
-        code = child.wait()
+        while (code := child.poll()) is None:
+            if watch is None:
+                code = child.wait()
+                break
+            lost = watch.poll()
+            if lost:
+                child.kill()
+                code = child.wait()
+                break
     finally:
         for sig, handler in forward.items():
             signal.signal(sig, handler)
+        if watch:
+            watch.close(finished=code == 0)
+    if lost:
+        sys.stderr.write(peer_lost_message(process_id, num_processes, f"{lost} (its log: {log_path})") + "\n")
+        return EXIT_PEER_LOST
     if code == EXIT_PEER_LOST:  # the child wrote its line into the log
         sys.stderr.write(_last_meshtron_line(log_path) or peer_lost_message(process_id, num_processes, "a peer "
                          f"of the job is gone (its log: {log_path})") + "\n")
@@ -61,6 +77,26 @@ def supervise(argv: list[str], process_id: int, num_processes: int) -> int:
         return EXIT_PEER_LOST
     _drop_if_empty(log_path)
     return code if code >= 0 else 128 - code
+
+
+def _liveness(argv: list[str], process_id: int, num_processes: int, log_path: str):
+    """The supervisors' channel (tools/liveness.py) when the coordinator's address is known, else None."""
+    from meshtron.tools.liveness import Liveness
+
+    coordinator = os.environ.get("MESHTRON_COORDINATOR")
+    for i, arg in enumerate(argv):
+        if arg == "--coordinator" and i + 1 < len(argv):
+            coordinator = argv[i + 1]
+        elif arg.startswith("--coordinator="):
+            coordinator = arg.split("=", 1)[1]
+    if not coordinator or not coordinator.rpartition(":")[2].isdigit():
+        return None
+
+    def log(line: str) -> None:
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    return Liveness(coordinator, process_id, num_processes, log)
 
 
 def _mentions(path: str, marks: tuple[str, ...]) -> bool:
@@ -137,3 +173,14 @@ def split_stderr_in_child() -> None:
     os.dup2(log, 2)
     os.close(log)
     sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding="utf-8", errors="backslashreplace")
+    threading.excepthook = _thread_failure_to_log
+
+
+def _thread_failure_to_log(args) -> None:
+    """A background thread's traceback (an async checkpoint commit waiting on a peer that died, say) goes to
+    the child's log: the terminal keeps the one line the main thread or the parent writes."""
+    import traceback
+
+    with open(os.environ[ENV], "a", encoding="utf-8", errors="backslashreplace") as log:
+        log.write(f"exception in thread {args.thread.name if args.thread else '?'}:\n")
+        traceback.print_exception(args.exc_type, args.exc_value, args.exc_traceback, file=log)
