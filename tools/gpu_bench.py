@@ -121,8 +121,9 @@ def _device_events(events: list) -> list:
              if e.get("ph") == "M" and e.get("name") == "process_name"}
     devices = {pid for pid, name in names.items() if "/device:" in name and "CPU" not in name}
     timed = [e for e in events if e.get("ph") == "X" and "dur" in e]
-    if devices:
-        return [e for e in timed if e.get("pid") in devices]
+    on_devices = [e for e in timed if e.get("pid") in devices]
+    if on_devices:  # an accelerator's streams (a device stream with no events, as libtpu may list, is skipped)
+        return on_devices
     skip = ("$", "ThunkExecutor", "PjitFunction", "TfrtCpu", "PjRt")
     return [e for e in timed if not str(e.get("name", "")).startswith(skip)]
 
