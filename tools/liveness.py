@@ -4,9 +4,10 @@ JAX's distributed runtime ends the survivors when a process dies (heartbeats, lo
 but only after seconds, and a survivor's background threads (an async checkpoint commit waiting on
 its barrier) may fail noisily first. The supervisor processes (tools/supervise.py) are idle and
 hold no GIL-heavy work, so they keep a plain TCP connection to each other: process 0's supervisor
-listens on the coordinator's port + 1 and every other supervisor connects to it. A connection that closes without a `done` line
-means that process is gone: the supervisor that sees it stops its own work and reports the lost
-peer; process 0's supervisor then closes every connection, so the others learn it at once too.
+listens on the coordinator's port + 1 and every other supervisor connects to it. A connection that
+closes without a `done` line means that process is gone: the supervisor that sees it stops its own
+work and reports the lost peer; process 0's supervisor then closes every connection, so the others
+learn it at once too.
 
 The channel only helps: if the port cannot be bound or reached, the job runs as before (JAX's own
 detection), and the reason is written to the supervisor's log.
@@ -84,7 +85,6 @@ class Liveness:
             elif not data and sock not in self.done:
                 self.lost = ("process 0 of the job is gone" if self.process_id
                              else "another process of the job is gone")
-            if self.lost:
                 self.log(f"supervisor liveness channel: {self.lost}")
             if not data:
                 self.peers.remove(sock)

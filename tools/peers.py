@@ -44,28 +44,41 @@ def _tokens(d: dict):
 
 
 # -- the systems, each a function returning step() -> None (blocking until the step is done) ----------------
-def _meshtron(d: dict):
-    import jax
-
+def meshtron_config(d: dict):
+    """Meshtron's config of a shape: one device, float32, defaults otherwise."""
     from meshtron.configs import load_config
-    from meshtron.tools import bench
 
     overrides = [f"model.family={d['family']}", f"model.n_layers={d['n_layers']}", f"model.d_model={d['d_model']}",
                  f"model.n_heads={d['n_heads']}", f"model.d_ff={d['d_ff']}", f"model.seq_len={d['seq_len']}",
                  f"model.vocab_size={d['vocab']}", f"train.batch_size={d['batch']}", "parallel.data=1",
                  "model.compute_dtype=float32"]
-    timer, _ = bench.meshtron_timer(load_config("tiny", overrides), jax.devices()[:1])
+    return load_config("tiny", overrides)
+
+
+def baseline_dims(d: dict):
+    """The independent baseline's description of a shape."""
+    from meshtron.tools.baseline import Dims
+
+    return Dims(d["family"], d["n_layers"], d["d_model"], d["n_heads"], d["n_heads"], d["d_ff"], d["vocab"],
+                d["seq_len"])
+
+
+def _meshtron(d: dict):
+    import jax
+
+    from meshtron.tools import bench
+
+    timer, _ = bench.meshtron_timer(meshtron_config(d), jax.devices()[:1])
     return timer.run
 
 
 def _baseline(d: dict):
     import jax.numpy as jnp
 
-    from meshtron.tools.baseline import Dims, init_params, make_step
+    from meshtron.tools.baseline import init_params, make_step
     from meshtron.tools.bench import StepTimer
 
-    dims = Dims(d["family"], d["n_layers"], d["d_model"], d["n_heads"], d["n_heads"], d["d_ff"], d["vocab"],
-                d["seq_len"])
+    dims = baseline_dims(d)
     init, step = make_step(dims)
     params = init_params(dims)
     return StepTimer(step, [params, init(params)], jnp.asarray(_tokens(d))).warm_up().run

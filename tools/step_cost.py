@@ -17,16 +17,11 @@ import sys
 def _meshtron(d: dict):
     import jax
 
-    from meshtron.configs import load_config
     from meshtron.parallel.mesh import mesh_for
     from meshtron.tools import peers
     from meshtron.train.run.step import build_training
 
-    overrides = [f"model.family={d['family']}", f"model.n_layers={d['n_layers']}", f"model.d_model={d['d_model']}",
-                 f"model.n_heads={d['n_heads']}", f"model.d_ff={d['d_ff']}", f"model.seq_len={d['seq_len']}",
-                 f"model.vocab_size={d['vocab']}", f"train.batch_size={d['batch']}", "parallel.data=1",
-                 "model.compute_dtype=float32"]
-    config = load_config("tiny", overrides)
+    config = peers.meshtron_config(d)
     shape, mesh = mesh_for(config, jax.devices()[:1])
     training = build_training(config, mesh, shape)
     params = training.init_params()
@@ -39,10 +34,9 @@ def _baseline(d: dict):
     import jax.numpy as jnp
 
     from meshtron.tools import peers
-    from meshtron.tools.baseline import Dims, init_params, make_step
+    from meshtron.tools.baseline import init_params, make_step
 
-    dims = Dims(d["family"], d["n_layers"], d["d_model"], d["n_heads"], d["n_heads"], d["d_ff"], d["vocab"],
-                d["seq_len"])
+    dims = peers.baseline_dims(d)
     init, step = make_step(dims)
     params = init_params(dims)
     return step.lower(params, init(params), jnp.asarray(peers._tokens(d))).compile()
@@ -76,7 +70,8 @@ def main(argv=None) -> int:
     if a.json:
         print(json.dumps(result))
         return 0
-    print(f"| {a.shape} | GFLOP | GB accessed | temporaries MB | copies | transposes |\n| --- | --- | --- | --- | --- | --- |")
+    print(f"| {a.shape} | GFLOP | GB accessed | temporaries MB | copies | transposes |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for name in ("meshtron", "baseline"):
         c = result[name]
         print(f"| {name} | {c['gflops']:.1f} | {c['gb_accessed']:.2f} | {c['temp_mb']:.0f} | {c['copies']} | "

@@ -83,12 +83,7 @@ def _liveness(argv: list[str], process_id: int, num_processes: int, log_path: st
     """The supervisors' channel (tools/liveness.py) when the coordinator's address is known, else None."""
     from meshtron.tools.liveness import Liveness
 
-    coordinator = os.environ.get("MESHTRON_COORDINATOR")
-    for i, arg in enumerate(argv):
-        if arg == "--coordinator" and i + 1 < len(argv):
-            coordinator = argv[i + 1]
-        elif arg.startswith("--coordinator="):
-            coordinator = arg.split("=", 1)[1]
+    coordinator = _flag(argv, "--coordinator", "MESHTRON_COORDINATOR")
     if not coordinator or not coordinator.rpartition(":")[2].isdigit():
         return None
 
@@ -117,20 +112,22 @@ def _last_meshtron_line(path: str) -> str | None:
     return lines[-1] if lines else None
 
 
+def _flag(argv: list[str], name: str, env: str) -> str | None:
+    """The value of `--name V` / `--name=V` in argv, else of environment variable `env`."""
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return os.environ.get(env)
+
+
 def multi_process(argv: list[str]) -> tuple[int, int] | None:
     """(process id, process count) if this command line starts a multi-process job, else None."""
     from meshtron.parallel.distributed import detected_cluster
 
-    def flag(name: str, env: str) -> str | None:
-        for i, arg in enumerate(argv):
-            if arg == name and i + 1 < len(argv):
-                return argv[i + 1]
-            if arg.startswith(name + "="):
-                return arg.split("=", 1)[1]
-        return os.environ.get(env)
-
-    count = flag("--num-processes", "MESHTRON_NUM_PROCESSES")
-    index = flag("--process-id", "MESHTRON_PROCESS_ID") or os.environ.get("JOB_COMPLETION_INDEX")
+    count = _flag(argv, "--num-processes", "MESHTRON_NUM_PROCESSES")
+    index = _flag(argv, "--process-id", "MESHTRON_PROCESS_ID") or os.environ.get("JOB_COMPLETION_INDEX")
     if count is None and detected_cluster() is None:
         return None
     try:
