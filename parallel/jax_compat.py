@@ -45,6 +45,7 @@ def skip_absent_tpu() -> None:
     """libtpu installed but no TPU chip here: drop JAX's TPU backend before any backend starts, so ordinary
     runs neither pay for starting libtpu nor print its warnings about missing TPU environment variables.
     Compiling for a slice (`meshtron plan --topology`) loads libtpu itself. Call before JAX picks backends."""
+    import dataclasses
     import importlib.util
     import os
 
@@ -52,5 +53,15 @@ def skip_absent_tpu() -> None:
         return
     from jax._src import hardware_utils, xla_bridge
 
-    if hardware_utils.num_available_tpu_chips_and_device_id()[0] == 0 and not xla_bridge.backends_are_initialized():
-        xla_bridge._backend_factories.pop("tpu", None)
+    registration = xla_bridge._backend_factories.get("tpu")
+    if registration is None or xla_bridge.backends_are_initialized():
+        return
+    if hardware_utils.num_available_tpu_chips_and_device_id()[0] == 0:
+        # Keep "tpu" a known platform (modules imported later, flax's among them, register TPU lowering
+        # rules and fail on an unknown one); only its start-up is replaced by a quiet refusal.
+        xla_bridge._backend_factories["tpu"] = dataclasses.replace(registration, factory=_no_tpu_chip,
+                                                                   fail_quietly=True)
+
+
+def _no_tpu_chip():
+    raise RuntimeError("no TPU chip on this machine")

@@ -117,7 +117,7 @@ def test_with_libtpu_installed_ordinary_runs_stay_on_the_cpu_and_quiet():
     # no JAX_PLATFORMS: JAX would try the TPU backend; Meshtron skips it where no TPU chip exists
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
     code = ("from meshtron.parallel.jax_compat import skip_absent_tpu; skip_absent_tpu(); "
-            "import jax; print(jax.default_backend())")
+            "import jax, flax.nnx; print(jax.default_backend())")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "cpu"
     assert "TPU_ACCELERATOR_TYPE" not in done.stderr and "TPU_WORKER_HOSTNAMES" not in done.stderr
