@@ -52,6 +52,27 @@ def byte_level_tokenizer(texts, vocab_size: int, end_token: str = "<|endoftext|>
     return tokenizer
 
 
+def hub_tokenizer_dir(kind: str, texts, out: Path, vocab_size: int = 400) -> Path:
+    """A folder with a hub-style tokenizer.json trained on `texts`: "bert" (WordPiece, [PAD] [UNK] [CLS] [SEP]
+    [MASK] at 0-4, cls / sep named as BOS / EOS in tokenizer_config.json, as Meshtron needs an EOS) or "t5"
+    (Unigram: <pad> </s> <unk> at 0-2, its own <extra_id_0..99> on top, extra_id_0 highest, as T5's)."""
+    from tokenizers.implementations import BertWordPieceTokenizer, SentencePieceUnigramTokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    if kind == "bert":
+        tokenizer = BertWordPieceTokenizer(lowercase=True)
+        tokenizer.train_from_iterator(texts, vocab_size=vocab_size, show_progress=False,
+                                      special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+        (out / "tokenizer_config.json").write_text('{"bos_token": "[CLS]", "eos_token": "[SEP]"}\n')
+    else:
+        tokenizer = SentencePieceUnigramTokenizer()
+        tokenizer.train_from_iterator(texts, vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
+                                      unk_token="<unk>", show_progress=False)
+        tokenizer.add_special_tokens([f"<extra_id_{i}>" for i in range(99, -1, -1)])
+    tokenizer.save(str(out / "tokenizer.json"))
+    return out / "tokenizer.json"
+
+
 # -- Meshtron side --------------------------------------------------------------------------------
 def tiny_cfg(*overrides: str) -> ModelConfig:
     """A 2-layer, d_model 64, seq 32 model config; init_std 0.2 so logits are far from zero."""

@@ -115,7 +115,9 @@ def _config_report(config, n_devices: int, precision: str, memory: float | None,
         "config": config.name, "params_total": params_total(config), "devices": plan.shape.devices,
         "mesh": plan.shape.as_dict(), "zero_stage": plan.zero_stage, "remat": m.remat, "precision": precision,
         "micro_batch": plan.micro_batch, "grad_accum": config.train.grad_accum, "seq_len": m.seq_len,
-        "n_layers": m.n_layers, "activation_bytes_per_element": plan.precision.activation_bytes,
+        "n_layers": m.n_layers, "arch": m.arch, "objective": config.train.objective,
+        "stacks": [dataclasses.asdict(s) for s in plan.stacks],
+        "activation_bytes_per_element": plan.precision.activation_bytes,
         "formula": _plan_figures(plan),
         "stages": {str(s): {**state, "model_state_bytes": sum(state.values())} for s, state in plan.stages.items()},
         "compiled": None if compiled is None else {
@@ -183,12 +185,20 @@ def _fit(total_bytes: float, memory: float | None) -> dict:
     return {"device_memory_bytes": memory, "fits": None if memory is None else bool(total_bytes <= memory)}
 
 
+def _tokens_text(r: dict) -> str:
+    """'512 tokens', or an encoder-decoder's '512 input + 114 target tokens'."""
+    stacks = r["stacks"]
+    if r["arch"] == "encoder_decoder":
+        return f"{stacks[0]['tokens']} input + {stacks[1]['tokens']} target tokens"
+    return f"{r['seq_len']} tokens"
+
+
 def _config_text(r: dict) -> list[str]:
     b = r["activation_bytes_per_element"]
     lines = [f"plan: {r['config']} ({r['params_total']:,} parameters) on {r['devices']} devices: "
              + " x ".join(f"{k}={v}" for k, v in r["mesh"].items())
              + f", ZeRO stage {r['zero_stage']}, remat {r['remat']}",
-             f"micro-batch: {r['micro_batch']} sequences x {r['seq_len']} tokens per device, grad_accum "
+             f"micro-batch: {r['micro_batch']} sequences x {_tokens_text(r)} per device, grad_accum "
              f"{r['grad_accum']}; precision {r['precision']} ({b}-byte activations)", ""]
     lines += _pipeline_text(r) + _memory_lines(r) + [""] + _comm_lines(r) + [""]
     lines += [f"ZeRO stages on this mesh (model state per device; {r['precision']} precision):",
@@ -212,14 +222,14 @@ def _memory_lines(r: dict) -> list[str]:
     rows = [  # (label, formula bytes, compiled bytes, note)
         ("parameters", f["params_bytes"], None, ""),
         ("optimizer state", f["optimizer_bytes"], None, ""),
-        ("token batch" + (" + step counter" if f["step_bytes"] else ""), f["batch_bytes"] + f["step_bytes"], None, ""),
+        (("token batch" if r["objective"] == "causal" else "batch") + (" + step counter" if f["step_bytes"] else ""),
+         f["batch_bytes"] + f["step_bytes"], None, BATCH_ARRAYS.get(r["objective"], "")),
         ("= step arguments", f["argument_bytes"], c.get("argument_bytes"), argument_note),
         ("gradients", f["grads_bytes"], None, "transient: built in the backward pass, not a step argument"),
         ("gathered weights (ZeRO-3)", f["gathered_bytes"], None, "embedding/head for the step + one block"),
-        ("activations per layer", f["activation_bytes_per_layer"], None, ""),
-        (f"activations ({r['n_layers']} layers + output)", f["activation_bytes"], None, ""),
+        *_stack_rows(r),
         ("parameters in compute dtype", f["compute_copy_bytes"], None, "cast once for all layers (XLA)"),
-        ("backward working set", f["working_bytes"], None, "one block, f32 scores, logits grad (+ZeRO-3 grads)"),
+        ("backward working set", f["working_bytes"], None, WORKING_NOTES[r["arch"]]),
         ("= temporaries", f["temporary_bytes"], c.get("temp_bytes"), "compiled: memory_analysis temp size" if c else ""),
         ("total", f["total_bytes"], None, ""),
     ]
@@ -232,7 +242,33 @@ def _memory_lines(r: dict) -> list[str]:
                      + (f"  {note}" if note else ""))
     lines.append("  activations: Korthikanti et al. 2022 per block, tensor parallel without sequence parallelism "
                  "(norm inputs/outputs whole over the tensor axis), no attention-probability dropout")
-    return lines
+    return lines + ([f"  {ARCH_NOTES[r['arch']]}"] if r["arch"] in ARCH_NOTES else [])
+
+
+BATCH_ARRAYS = {"mlm": "inputs, targets, weights", "prefix_lm": "inputs, targets, weights, prefix",
+                "span_corruption": "inputs, decoder inputs, targets, weights"}
+WORKING_NOTES = {"decoder": "one block, f32 scores, logits grad (+ZeRO-3 grads)",
+                 "encoder": "one block, f32 scores, MLM logits grad (+ZeRO-3 grads)",
+                 "encoder_decoder": "largest block, f32 scores, logits and encoder-output grads (+ZeRO-3 grads)"}
+ARCH_NOTES = {
+    "encoder": "encoder: bidirectional s x s scores; outside the layers the embedding norm, the MLM head (dense, "
+               "activation, norm) and float32 logits over every position (the weights pick the masked ones)",
+    "encoder_decoder": "encoder-decoder: the encoder over the input tokens, the decoder over the target tokens; "
+                       "each decoder block adds cross-attention (K/V of the encoder output, target x input scores)",
+}
+
+
+def _stack_rows(r: dict) -> list[tuple]:
+    """Activation rows: one block of each stack, then every layer's and what lies outside them."""
+    f, stacks = r["formula"], r["stacks"]
+    named = len(stacks) > 1
+    rows = [(f"activations per {s['name'] + ' ' if named else ''}layer", s["per_layer_bytes"], None,
+             f"{s['tokens']} positions" + (f", cross-attends to {s['cross_tokens']}" if s["cross_tokens"] else ""))
+            for s in stacks]
+    layers = sum(s["layers"] for s in stacks)
+    note = " + ".join(f"{s['layers']} {s['name']}" for s in stacks) + " layers" if named else ""
+    outside = ("head", "MLM head: dense, activation, norm, logits") if r["arch"] == "encoder" else ("output", note)
+    return rows + [(f"activations ({layers} layers + {outside[0]})", f["activation_bytes"], None, outside[1])]
 
 
 def _comm_lines(r: dict) -> list[str]:

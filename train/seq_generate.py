@@ -25,13 +25,17 @@ SPACE = "\u2581"  # SentencePiece's visible space
 
 class SpecialText:
     """encode / decode of a run's tokenizer plus its special tokens, as the exported Hugging Face tokenizer does:
-    the objective's reserved tokens ([MASK], <extra_id_N>) and, for a SentencePiece tokenizer, its control pieces
-    (<unk>, <s>, </s>) are read in text as their ids (leftmost, longest first); `frame` adds [CLS]/[SEP] or EOS."""
+    the objective's reserved tokens ([MASK], <extra_id_N>) and the tokenizer's own special tokens (SentencePiece's
+    <unk>, <s>, </s>; a tokenizer.json's [CLS], [SEP], ...) are read in text as their ids (leftmost, longest
+    first); `frame` adds [CLS]/[SEP] or EOS."""
 
     def __init__(self, tokenizer, vocab_size: int, objective: str):
         self.tokenizer, self.vocab_size, self.objective = tokenizer, vocab_size, objective
-        self.names = {**{i: t for t, i in tokenizer.control_tokens().items()},
-                      **special_tokens.reserved_tokens(objective, vocab_size)}  # id -> text
+        reserved = special_tokens.reserved_tokens(objective, vocab_size)
+        # a tokenizer's own token with a reserved text ([MASK], <extra_id_0>) is renamed <unused_ID>, as exported
+        shadowed = set(reserved.values())
+        self.names = {**{i: special_tokens.unused_text(i) if t in shadowed else t
+                         for t, i in tokenizer.control_tokens().items()}, **reserved}  # id -> text
         self.ids = {t: i for i, t in self.names.items()}
         longest_first = sorted(self.ids, key=len, reverse=True)
         self._split = re.compile("(" + "|".join(map(re.escape, longest_first)) + ")") if self.ids else None

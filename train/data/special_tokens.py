@@ -52,6 +52,18 @@ def reserved_tokens(objective: str, vocab_size: int) -> dict[int, str]:
     return {}
 
 
+def reserved_above(objective: str, vocab_size: int, tokenizer_size: int) -> dict[int, str]:
+    """id -> text of every id from the tokenizer's last to `vocab_size`: the objective's reserved tokens and
+    <unused_ID> between them and the tokenizer's pieces ({} for an objective that reserves none)."""
+    reserved = reserved_tokens(objective, vocab_size)
+    if not reserved:
+        return {}
+    if tokenizer_size + len(reserved) > vocab_size:
+        raise UserError(f"the tokenizer has {tokenizer_size} ids; with {objective}'s {len(reserved)} special ids "
+                        f"they do not fit model.vocab_size={vocab_size}")
+    return {i: reserved.get(i, unused_text(i)) for i in range(tokenizer_size, vocab_size)}
+
+
 def framing(objective: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The roles ("bos", "eos") of the control tokens before and after one input of `objective`."""
     return FRAMING.get(objective, ((), ()))

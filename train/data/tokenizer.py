@@ -147,7 +147,8 @@ class _HuggingFace:
         return self.hf.id_to_token(token_id)
 
     def control_tokens(self) -> dict[str, int]:
-        return {}  # its exported copy reads every special token in text as text (split_special_tokens)
+        # its special tokens ([CLS], [SEP], [PAD], </s>, ...): what an encoder run's exported copy reads in text
+        return {t.content: i for i, t in self.hf.get_added_tokens_decoder().items() if t.special}
 
 
 def _id_or_none(token_id: int) -> int | None:
@@ -233,9 +234,9 @@ class Tokenizer:
         return self._impl.token(int(token_id))
 
     def control_tokens(self) -> dict[str, int]:
-        """text -> id of the SentencePiece control and unknown pieces (<unk>, <s>, </s>): the exported
-        tokenizer of an encoder or encoder-decoder run reads them in text as those tokens, as BERT's and T5's
-        do; {} for a Hugging Face tokenizer.json."""
+        """text -> id of the SentencePiece control and unknown pieces (<unk>, <s>, </s>), or a tokenizer.json's
+        special tokens ([CLS], [SEP], </s>, ...): the exported tokenizer of an encoder or encoder-decoder run reads
+        them in text as those tokens, as BERT's and T5's do (a decoder run's reads them as text)."""
         return self._impl.control_tokens()
 
     def model_bytes(self) -> bytes:

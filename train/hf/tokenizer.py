@@ -116,13 +116,9 @@ def build_hf_tokenizer(sp_model_path: Path, objective: str = "causal", vocab_siz
 
 def _reserved(objective: str, vocab_size: int | None, vocab: dict[str, int]) -> dict[int, str]:
     """id -> text of every id above the tokenizer's pieces: the objective's tokens and <unused_ID> fillers."""
-    reserved = special_tokens.reserved_tokens(objective, vocab_size) if vocab_size is not None else {}
-    if not reserved:
+    if vocab_size is None:
         return {}
-    if len(vocab) + len(reserved) > vocab_size:
-        raise UserError(f"the tokenizer has {len(vocab)} pieces; with {objective}'s {len(reserved)} special ids "
-                        f"they do not fit model.vocab_size={vocab_size}")
-    out = {i: reserved.get(i, special_tokens.unused_text(i)) for i in range(len(vocab), vocab_size)}
+    out = special_tokens.reserved_above(objective, vocab_size, len(vocab))
     taken = [text for text in out.values() if text in vocab]
     if taken:
         raise UserError(f"the tokenizer has a piece {taken[0]!r}, the text of a {objective} special token; "
@@ -180,9 +176,14 @@ def write_hf_tokenizer(sp_model_path: Path, out_dir: Path, model_max_length: int
 def write_tokenizer(tokenizer: Tokenizer, out_dir: Path, model_max_length: int, objective: str = "causal",
                     vocab_size: int | None = None) -> list[Path]:
     """The Hugging Face tokenizer files of a run's tokenizer: converted from SentencePiece (whose model is
-    copied too, as tokenizer.model, for a lossless import), or a tokenizer.json copied as it is. A SentencePiece
-    tokenizer of an mlm or span_corruption run with `vocab_size` ids gains the objective's special tokens."""
+    copied too, as tokenizer.model, for a lossless import), or a tokenizer.json copied as it is. The tokenizer
+    of an mlm or span_corruption run with `vocab_size` ids gains the objective's special tokens and framing
+    (a tokenizer.json through train/hf/hub_tokenizer.py)."""
     out_dir = Path(out_dir)
+    if tokenizer.kind != "sentencepiece" and vocab_size is not None and objective in special_tokens.FRAMING:
+        from meshtron.train.hf.hub_tokenizer import write_hub_tokenizer
+
+        return write_hub_tokenizer(tokenizer, out_dir, model_max_length, objective, vocab_size)
     if tokenizer.kind == "sentencepiece":
         written = write_hf_tokenizer(tokenizer.path, out_dir, model_max_length, objective, vocab_size)
         shutil.copyfile(tokenizer.path, out_dir / "tokenizer.model")

@@ -24,9 +24,31 @@ from meshtron.train.planner.formulas import CommTerm, Precision
 from meshtron.parallel import zero
 from meshtron.parallel.rules import rules_for
 from meshtron.train.planner.pipeline import PipelineFigures, pipeline_figures, stage_axis_terms
+from meshtron.train.planner.stacks import model_stacks
 
 STAGES = (0, 1, 2, 3)
 REMAT_ORDER = ("none", "dots", "full")  # less memory, more recomputation, left to right
+
+
+@dataclass(frozen=True)
+class StackActivations:
+    """One stack's blocks on one device for one micro-batch: how many, over how many positions, the bytes one
+    block saves (Korthikanti's count, and what the compiled block keeps beyond it)."""
+
+    name: str
+    layers: int
+    tokens: int
+    cross_tokens: int  # encoder positions each block cross-attends to (0: none)
+    per_layer_bytes: int
+    kept_bytes: int
+
+
+def stack_activations(model, micro: int, tensor: int, activation_bytes: int) -> tuple[StackActivations, ...]:
+    """The saved activations of each stack of `model` (train/planner/stacks.py)."""
+    return tuple(StackActivations(
+        s.name, s.layers, s.tokens, s.memory,
+        formulas.activation_bytes_per_layer(model, micro, tensor, activation_bytes, stack=s),
+        temporaries.kept_bytes_per_layer(model, micro, tensor, activation_bytes, stack=s)) for s in model_stacks(model))
 
 
 @dataclass(frozen=True)
@@ -45,9 +67,10 @@ class Plan:
     gathered_bytes: int  # ZeRO-3's gathered weights (embedding/head for the step, one block at a time)
     compute_copy_bytes: int  # the local parameters cast to the compute dtype (planner/temporaries.py)
     working_bytes: int  # one block's backward, the logits' gradient, ZeRO-3's gathered gradients
-    activation_bytes_per_layer: int  # Korthikanti et al. 2022's count
+    activation_bytes_per_layer: int  # Korthikanti et al. 2022's count (a block of the first stack)
     kept_bytes_per_layer: int  # what the compiled block keeps beyond it (float32 copies; temporaries.py)
     activation_bytes_outside_layers: int
+    stacks: tuple[StackActivations, ...]  # every stack's blocks: one for a decoder or encoder, two for T5
     comm: tuple[CommTerm, ...]
     stages: dict  # ZeRO stage -> {params_bytes, grads_bytes, optimizer_bytes} on this mesh
     pipeline: PipelineFigures | None = None  # with pipeline stages: bubble, activations in flight
@@ -59,11 +82,11 @@ class Plan:
 
     @property
     def activation_bytes(self) -> int:
-        """All layers' saved activations plus the output layer's, for one micro-batch; with pipeline stages,
-        this stage's layers for every micro-batch it keeps in flight."""
-        per_layer = self.activation_bytes_per_layer + self.kept_bytes_per_layer
-        layers = self.config.model.n_layers * (self.pipeline.layers_in_flight_per_layer if self.pipeline else 1)
-        return round(layers * per_layer) + self.activation_bytes_outside_layers
+        """All layers' saved activations (every stack's) plus what lies outside them, for one micro-batch;
+        with pipeline stages, this stage's layers for every micro-batch it keeps in flight."""
+        layers = sum(s.layers * (s.per_layer_bytes + s.kept_bytes) for s in self.stacks)
+        in_flight = self.pipeline.layers_in_flight_per_layer if self.pipeline else 1
+        return round(layers * in_flight) + self.activation_bytes_outside_layers
 
     @property
     def argument_bytes(self) -> int:
@@ -132,17 +155,18 @@ def make_plan(config: Config, n_devices: int, precision: str = "config") -> Plan
     gathered = formulas.gathered_weight_bytes(params, rules, degrees, m, prec)
     working = (temporaries.block_working_bytes(m, micro, shape.tensor, prec.activation_bytes)
                + temporaries.logits_gradient_bytes(m, micro, shape.tensor, vocab_rows)
-               + temporaries.gathered_gradient_bytes(gathered))
+               + temporaries.gathered_gradient_bytes(gathered)
+               + temporaries.outside_working_bytes(m, micro, shape.tensor, vocab_rows, prec.activation_bytes))
+    stacks = stack_activations(m, micro, shape.tensor, prec.activation_bytes)
     return Plan(
         config=config, shape=shape, precision=prec, micro_batch=micro, **stages[config.parallel.zero_stage],
         batch_bytes=formulas.batch_bytes(config, shape), step_bytes=formulas.step_argument_bytes(config),
         gathered_bytes=gathered, compute_copy_bytes=temporaries.compute_copy_bytes(params, rules, degrees, prec),
         working_bytes=working,
-        activation_bytes_per_layer=formulas.activation_bytes_per_layer(m, micro, shape.tensor, prec.activation_bytes),
-        kept_bytes_per_layer=temporaries.kept_bytes_per_layer(m, micro, shape.tensor, prec.activation_bytes),
+        activation_bytes_per_layer=stacks[0].per_layer_bytes, kept_bytes_per_layer=stacks[0].kept_bytes,
         activation_bytes_outside_layers=formulas.activation_bytes_outside_layers(
             m, micro, shape.tensor, vocab_rows, prec.activation_bytes),
-        comm=tuple(comm), stages=stages, pipeline=figures)
+        stacks=stacks, comm=tuple(comm), stages=stages, pipeline=figures)
 
 
 def _stage_share(model, grad_accum: int, figures: PipelineFigures | None):

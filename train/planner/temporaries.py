@@ -17,14 +17,20 @@ gpt3-175b on v5e/v5p slices, BENCHMARKS.md) and kept here as formulas:
   its compute-dtype copy, the norms' float32 values (4 x s·b·h) and SwiGLU's intermediate
   products (as many again as its three matmul-side values). Under remat dots nothing more: the
   policy (dots_with_no_batch_dims_saveable) saves q, k, v and the MLP's matmul outputs, not the
-  attention logits (their einsum has a batch dimension, the heads).
+  attention logits (their einsum has a batch dimension, the heads). A ReLU MLP keeps its output and
+  a 1-byte mask, no float32 intermediates (XLA:CPU's buffer assignment of T5's step);
+- outside the blocks: an encoder-decoder's encoder-output gradient (each decoder layer's cross-attention
+  adds to it), T5's relative-position biases' float32 gradients, and under BERT's MLM head a second
+  float32 logits buffer (the logits plus the output bias).
 """
 
 from __future__ import annotations
 
 from meshtron.configs.schema import ModelConfig
 from meshtron.parallel.rules import Rules
-from meshtron.train.planner.formulas import Precision, activation_bytes_per_layer, shard_elements
+from meshtron.train.planner.formulas import Precision, activation_bytes_per_layer, mlp_values, shard_elements
+from meshtron.train.planner.stacks import (Stack, memory_gradient_elements, model_stacks, output_positions,
+                                         relative_bias_elements)
 
 SCORE_BYTES = 4  # attention logits and softmax are float32 whatever the compute dtype
 SCORE_COPIES = 2  # the scores and their gradient, alive together in a block's backward pass
@@ -45,29 +51,44 @@ def gathered_gradient_bytes(gathered_bytes: int) -> int:
 
 
 def kept_bytes_per_layer(model: ModelConfig, micro_batch: int, tensor: int, activation_bytes: int,
-                         remat: str | None = None) -> int:
-    """Bytes one block saves for its backward pass beyond activation_bytes_per_layer (Korthikanti's count)."""
+                         remat: str | None = None, stack: Stack | None = None) -> int:
+    """Bytes one block of `stack` (default: the model's first) saves for its backward pass beyond
+    activation_bytes_per_layer (Korthikanti's count); a cross-attention block's cross scores and norm too."""
     remat = remat or model.remat
-    s, b = model.seq_len, micro_batch
-    scores = (model.n_heads // tensor) * s * s * b
+    stack = stack or model_stacks(model)[0]
     if remat != "none":
         return 0
-    mlp_values = 3 if model.mlp == "swiglu" else 2
-    return (SCORE_BYTES * scores + activation_bytes * mlp_values * s * b * model.ff_dim // tensor
-            + 4 * SCORE_BYTES * s * b * model.d_model)
+    s, b, norms = stack.tokens, micro_batch, 4 + (2 if stack.memory else 0)
+    scores = (model.n_heads // tensor) * s * (s + stack.memory) * b
+    mlp = 0 if model.mlp == "relu" else mlp_values(model)  # float32 intermediates of GELU and gated MLPs
+    return (SCORE_BYTES * scores + activation_bytes * mlp * s * b * model.ff_dim // tensor
+            + norms * SCORE_BYTES * s * b * model.d_model)
 
 
 def block_working_bytes(model: ModelConfig, micro_batch: int, tensor: int, activation_bytes: int) -> int:
-    """One block's backward pass: its recomputed activations under remat, and float32 attention scores
-    with their gradient."""
-    recomputed = (activation_bytes_per_layer(model, micro_batch, tensor, activation_bytes, "none")
-                  - activation_bytes_per_layer(model, micro_batch, tensor, activation_bytes))
-    scores = SCORE_COPIES * SCORE_BYTES * (model.n_heads // tensor) * model.seq_len ** 2 * micro_batch
-    return recomputed + scores
+    """One block's backward pass (the largest of the model's stacks): its recomputed activations under
+    remat, and float32 attention scores with their gradient (self- or cross-attention, one at a time)."""
+    def working(stack: Stack) -> int:
+        recomputed = (activation_bytes_per_layer(model, micro_batch, tensor, activation_bytes, "none", stack)
+                      - activation_bytes_per_layer(model, micro_batch, tensor, activation_bytes, stack=stack))
+        keys = max(stack.tokens, stack.memory)
+        return recomputed + SCORE_COPIES * SCORE_BYTES * (model.n_heads // tensor) * stack.tokens * keys * micro_batch
+
+    return max(working(stack) for stack in model_stacks(model))
 
 
 def logits_gradient_bytes(model: ModelConfig, micro_batch: int, tensor: int, vocab_rows: int) -> int:
     """The float32 gradient of the logits of the vocabulary shard (one chunk of positions when chunked)."""
-    positions = model.logits_chunk if 0 < model.logits_chunk < model.seq_len else model.seq_len
+    s = output_positions(model)
+    positions = model.logits_chunk if 0 < model.logits_chunk < s else s
     return 4 * micro_batch * positions * (vocab_rows // tensor)
 
+
+def outside_working_bytes(model: ModelConfig, micro_batch: int, tensor: int, vocab_rows: int,
+                          activation_bytes: int) -> int:
+    """What the backward pass builds outside the blocks: an encoder-decoder's encoder-output gradient (summed
+    over the decoder layers), the float32 gradients of T5's relative-position biases, and under BERT's MLM
+    head one more float32 logits buffer (the logits with the head's output bias added)."""
+    mlm_bias = 4 * micro_batch * output_positions(model) * (vocab_rows // tensor) if model.arch == "encoder" else 0
+    return (activation_bytes * memory_gradient_elements(model, micro_batch)
+            + SCORE_BYTES * relative_bias_elements(model, tensor) + mlm_bias)
