@@ -59,8 +59,7 @@ class Transformer(nnx.Module):
             self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
         self.final_norm = Norm(cfg)
         self.head = (None if cfg.tie_embeddings else
-                     make_param(rngs, padded_init(jax.nn.initializers.normal(0.0 if mup.zero_head(cfg) else
-                                                                             cfg.init_std), cfg.vocab_size,
+                     make_param(rngs, padded_init(jax.nn.initializers.normal(cfg.init_std), cfg.vocab_size,
                                                   self.vocab_rows, vocab_axis=1),
                                 (cfg.d_model, self.vocab_rows), ("embed", "vocab"), cfg))
 
