@@ -82,7 +82,8 @@ class Transformer(nnx.Module):
         cfg = self.cfg
         if positions is None:
             start = 0 if cache_index is None else cache_index
-            positions = jnp.broadcast_to(start + jnp.arange(tokens.shape[1]), tokens.shape)
+            # (1, T): the same for every row, so rotary angles and position tables are computed once, not per row
+            positions = (start + jnp.arange(tokens.shape[1]))[None, :]
         embed = embed if embed is not None else spmd.gathered(self.embed)
         x = spmd.embedding_lookup(embed.tokens[...], tokens).astype(compute_dtype(cfg))  # (B, T, E)
         if cfg.position == "learned":

@@ -90,7 +90,7 @@ class PipelineSteps:
 
         def stage_fn(chunk, x, mb, k):
             blocks = nnx.merge(self.block_graphdef, chunk)
-            positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+            positions = jnp.arange(x.shape[1])[None, :]  # the same for every row (see Transformer.embed_inputs)
             layer_keys = None
             if use_dropout:
                 every = jax.random.split(keys(mb)[1], cfg.n_layers)
