@@ -234,6 +234,12 @@ def _validate_pipeline(m, p, t) -> None:
     per-replica batch is checked with the mesh, which knows the data degree)."""
     if p.pipeline == 1:
         return
+    _require(m.arch == "decoder", "parallel.pipeline",
+             f"pipeline stages run decoder-only models for now, not model.arch={m.arch}; set parallel.pipeline=1 "
+             "and split the model with parallel.tensor or parallel.zero_stage instead")
+    _require(t.objective == "causal", "parallel.pipeline",
+             f"pipeline stages train train.objective=causal only, not {t.objective}; set parallel.pipeline=1 "
+             "or train.objective=causal")
     _require(m.n_layers % p.pipeline == 0, "parallel.pipeline",
              f"{p.pipeline} stages do not divide model.n_layers={m.n_layers}; use a divisor of {m.n_layers}")
     per_stage = m.n_layers // p.pipeline

@@ -44,6 +44,12 @@ def test_pipelined_training_matches_one_device(single_device, name):
     (["parallel.pipeline=2", "parallel.data=4", "parallel.microbatches=3"], "parallel.microbatches", "multiple of"),
     (["parallel.pipeline=2", "parallel.microbatches=2", "train.grad_accum=2"], "train.grad_accum",
      "microbatches=4"),
+    (["parallel.pipeline=2", "parallel.microbatches=2", "model.family=bert"], "parallel.pipeline",
+     "parallel.pipeline=1"),
+    (["parallel.pipeline=2", "parallel.microbatches=2", "model.family=t5"], "parallel.pipeline",
+     "parallel.pipeline=1"),
+    (["parallel.pipeline=2", "parallel.microbatches=2", "train.objective=prefix_lm"], "parallel.pipeline",
+     "train.objective=causal"),
 ])
 def test_impossible_pipelines_are_one_line_errors_before_compiling(overrides, key, fix):
     with pytest.raises(ConfigError) as err:
