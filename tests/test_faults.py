@@ -186,7 +186,7 @@ def long_reference(tmp_path_factory, text_corpus):
 
 
 def _train_cmd(run_dir, corpus):
-    return [console_script(), "train", "--run-dir", str(run_dir), *LONG, f"data.source={corpus}"]
+    return [console_script(), "train", "--config", "tiny", "--run-dir", str(run_dir), *LONG, f"data.source={corpus}"]
 
 
 def _kill_when(run_dir: Path, proc, condition, timeout=300) -> None:

@@ -154,21 +154,16 @@ class Training:
         with spmd.active_layout(self.layout()):
             grad_norm = zero.global_norm(grads, rules.opt_state)
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-            scale = jnp.minimum(1.0, t.grad_clip / (grad_norm + 1e-6)) if t.grad_clip > 0 else None
-
-            def update(shard, opt_state, grads):
-                if scale is not None:
-                    grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
-                updates, new_opt = self.tx.update(grads, opt_state, shard)
-                return optax.apply_updates(shard, updates), new_opt
-
-            # a NaN/Inf anywhere skips the update: parameters and optimizer state stay as they were. A cond,
-            # not a select of new against old: the update then runs in place on the donated buffers, with
-            # no copy of every moment kept for the select (all devices agree on `finite`: it is global)
+            if t.grad_clip > 0:
+                scale = jnp.minimum(1.0, t.grad_clip / (grad_norm + 1e-6))
+                grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
             shard = zero.local_update_shard(params, rules)
-            new_shard, new_opt = jax.lax.cond(finite, update, lambda s, o, g: (s, o), shard, opt_state, grads)
+            updates, new_opt = self.tx.update(grads, opt_state, shard)
+            new_params = zero.gather_updated(optax.apply_updates(shard, updates), rules)
+            # a NaN/Inf anywhere skips the update: parameters and optimizer state stay as they were
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
             metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
-            return zero.gather_updated(new_shard, rules), new_opt, metrics
+            return keep(new_params, params), keep(new_opt, opt_state), metrics
 
     def jit_train_step(self):
         """jit(params, opt_state, tokens (B, T+1), step) -> (params, opt_state, metrics); buffers donated."""
