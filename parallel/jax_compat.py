@@ -42,8 +42,9 @@ def mark_varying(x, axes: tuple):
 
 
 def skip_absent_tpu() -> None:
-    """libtpu installed but no TPU chip here: drop JAX's TPU backend before any backend starts, so ordinary
-    runs neither pay for starting libtpu nor print its warnings about missing TPU environment variables.
+    """libtpu installed but no TPU chip here: replace the start-up of JAX's TPU backend with a quiet refusal before
+    any backend starts, so ordinary runs neither pay for starting libtpu nor print its warnings about missing
+    TPU environment variables.
     Compiling for a slice (`meshtron plan --topology`) loads libtpu itself. Call before JAX picks backends."""
     import dataclasses
     import importlib.util

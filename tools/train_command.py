@@ -9,10 +9,14 @@ from meshtron.configs.errors import UserError
 from meshtron.configs.loader import config_from_dict, load_config, read_config_source
 
 
+DEFAULT_PRESET = "quickstart"  # what `meshtron train` trains with no --config (configs/quickstart.yaml)
+
+
 def add_arguments(parser) -> None:
     """Options of `meshtron train`."""
     parser.add_argument("--config", default=None, metavar="NAME|PATH",
-                        help="preset name (quickstart, tiny, gpt2-124m, llama-7b, ...) or YAML file; default quickstart")
+                        help=f"preset name ({DEFAULT_PRESET}, tiny, gpt2-124m, llama-7b, ...) or YAML file; "
+                             f"default {DEFAULT_PRESET}")
     parser.add_argument("--run-dir", default=None, metavar="DIR",
                         help="where checkpoints, metrics and the tokenizer go; an existing run is resumed "
                              "(default runs/NAME-TIMESTAMP)")
@@ -32,7 +36,7 @@ def resolve_config(config_arg: str | None, run_dir: Path | None, overrides: list
             raise UserError(f"{run_dir} holds a run of config '{raw.get('name')}'; drop --config to resume it, or "
                             "use a new --run-dir")
         return config_from_dict(raw, overrides), True
-    return load_config(config_arg or "quickstart", overrides), False
+    return load_config(config_arg or DEFAULT_PRESET, overrides), False
 
 
 def sample_length(config) -> tuple[int, str | None]:
