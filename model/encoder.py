@@ -93,7 +93,7 @@ class Encoder(nnx.Module):
     def hidden(self, tokens, mask=None, types=None, dropout_key=None):
         """Final hidden states (B, T, E) (before the MLM head). mask: (B, T) bool, False on padding."""
         cfg = self.cfg
-        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        positions = jnp.arange(tokens.shape[1])[None, :]  # the same for every row (see Transformer.embed_inputs)
         keys = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
         x = dropout(spmd.gathered(self.embed)(cfg, tokens, positions, types), cfg.dropout, keys[0])
         return encode_stack(cfg, x, positions, self.relative, self.blocks, self.final_norm, mask, keys[1])

@@ -62,7 +62,7 @@ class EncoderDecoder(nnx.Module):
 
     def encode(self, inputs, mask=None, dropout_key=None):
         """Encoder output (B, S, E). mask: (B, S) bool, False on padding."""
-        positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
+        positions = jnp.arange(inputs.shape[1])[None, :]  # the same for every row (see Transformer.embed_inputs)
         keys = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
         x = self._embed(inputs, positions, keys[0])
         return encode_stack(self.cfg, x, positions, self.encoder_bias, self.encoder_blocks, self.encoder_norm, mask,
@@ -82,7 +82,7 @@ class EncoderDecoder(nnx.Module):
         cfg = self.cfg
         start = 0 if cache_index is None else cache_index
         query_pos = start + jnp.arange(tokens.shape[1])
-        positions = jnp.broadcast_to(query_pos, tokens.shape)
+        positions = query_pos[None, :]  # the same for every row
         keys = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
         x = self._embed(tokens, positions, keys[0])
         key_length = tokens.shape[1] if cache is None else cache["k"].shape[2]
