@@ -115,7 +115,8 @@ class ModelConfig:
     scan_unroll: int = key(0, check=NON_NEGATIVE)
     """Layers per iteration of that scan: 0 = auto (on CPU without remat or ZeRO-3: all of them up to 8 layers, which XLA:CPU runs faster; else 1), or a count."""
     attention: str = key("auto", choices=("auto", "xla", "cudnn"))
-    """Attention kernel for jax.nn.dot_product_attention: auto (cuDNN flash attention when usable) | xla | cudnn."""
+    """Attention kernel: auto (cuDNN flash attention when usable; on a CPU, causal attention in 2-4 query blocks that
+    skip the masked upper triangle) | xla (jax.nn.dot_product_attention over the whole square) | cudnn."""
     logits_chunk: int = key(0, check=NON_NEGATIVE)
     """Compute the output layer and loss over this many positions at a time (0: all at once)."""
     vocab_multiple: int = key(128, check=POSITIVE)

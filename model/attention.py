@@ -17,6 +17,43 @@ from meshtron.model.layers import apply_rope, attention_implementation, initiali
 from meshtron.parallel import spmd
 
 
+CPU_QUERY_BLOCK = 64  # the smallest query block worth its own matmuls on a CPU
+CPU_QUERY_BLOCKS = 4  # at most this many: beyond it the extra slices and concatenations cost more than they save
+
+
+def query_blocks(seq_len: int, implementation: str | None) -> int:
+    """How many query blocks causal attention runs in: on a CPU with the `auto` kernel, 2-4 blocks of at least
+    CPU_QUERY_BLOCK queries, each against the keys up to its own end, so the fully masked upper triangle of
+    the scores is never computed (about 3/8 of the attention matmuls and softmax at 4 blocks); 1 elsewhere,
+    where cuDNN's and the TPU's kernels handle the mask themselves."""
+    if implementation is not None or spmd.target_platform() != "cpu":
+        return 1
+    n = min(CPU_QUERY_BLOCKS, seq_len // CPU_QUERY_BLOCK)
+    while n > 1 and seq_len % n:
+        n -= 1
+    return max(n, 1)
+
+
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float | None,
+                     implementation: str | None) -> jax.Array:
+    """Causal attention, q (B, T, H, D), k and v (B, T, K, D) -> (B, T, H, D), in query_blocks() blocks:
+    block i's queries attend to keys 0 .. its own last position, the diagonal block under a causal mask.
+    The result is full causal attention's (masked keys have zero weight either way)."""
+    T = q.shape[1]
+    n = query_blocks(T, implementation)
+    if n == 1:
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, implementation=implementation)
+    size = T // n
+    outputs = []
+    for i in range(n):
+        end = (i + 1) * size
+        queries = i * size + jnp.arange(size)
+        mask = (jnp.arange(end)[None, :] <= queries[:, None])[None, None]  # (1, 1, size, end)
+        outputs.append(jax.nn.dot_product_attention(q[:, i * size:end], k[:, :end], v[:, :end], scale=scale,
+                                                    mask=mask))
+    return jnp.concatenate(outputs, axis=1)
+
+
 class Attention(nnx.Module):
     """Self-attention block with projections kept per head: q (E, H, D), k/v (E, K, D), o (H, D, E)."""
 
@@ -41,7 +78,10 @@ class Attention(nnx.Module):
             self.q_bias = self.k_bias = self.v_bias = self.o_bias = None
 
     def _project(self, x, kernel, bias):
-        y = jnp.einsum("bte,ehd->bthd", x, kernel[...].astype(x.dtype))
+        # one (B·T, E) x (E, heads·D) matmul, as plain matrices: XLA:CPU then keeps q, k and v in the
+        # matmul's own row-major layout (an einsum over the head axis costs it extra transposes and copies)
+        w = kernel[...].astype(x.dtype)
+        y = (x.reshape(-1, x.shape[-1]) @ w.reshape(w.shape[0], -1)).reshape(*x.shape[:-1], *w.shape[1:])
         return y if bias is None else y + bias[...].astype(x.dtype)
 
     def __call__(self, x: jax.Array, positions: jax.Array, cache: dict | None = None,
@@ -56,9 +96,11 @@ class Attention(nnx.Module):
         if self.position == "rope":
             q = apply_rope(q, positions, self.rope_theta)
             k = apply_rope(k, positions, self.rope_theta)
-        if cache is None:
-            out = jax.nn.dot_product_attention(q, k, v, scale=self.scale, is_causal=mask is None, mask=mask,
-                                               implementation=self.implementation)
+        if cache is None and mask is None:
+            out = causal_attention(q, k, v, self.scale, self.implementation)
+            new_cache = None
+        elif cache is None:
+            out = jax.nn.dot_product_attention(q, k, v, scale=self.scale, mask=mask, implementation=self.implementation)
             new_cache = None
         else:
             k_all = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), cache_index, axis=1)
@@ -68,7 +110,8 @@ class Attention(nnx.Module):
             out = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), scale=self.scale,
                                                mask=mask)
             new_cache = {"k": k_all, "v": v_all}
-        y = jnp.einsum("bthd,hde->bte", out, self.o[...].astype(x.dtype))  # partial sum over local heads
+        o = self.o[...].astype(x.dtype)  # partial sum over local heads, as one (B·T, heads·D) x (heads·D, E) matmul
+        y = (out.reshape(-1, o.shape[0] * o.shape[1]) @ o.reshape(-1, o.shape[2])).reshape(*out.shape[:2], -1)
         if reduce:
             y = spmd.sum_over(y, "heads") + self.output_bias(y.dtype)
         return y, new_cache

@@ -30,6 +30,7 @@ class Layout:
     compute: dict = field(default_factory=dict)  # logical name -> mesh axes while computing (tensor only)
     data_axes: tuple = ()  # mesh axes the batch is split over
     gather_dtype: object = None  # ZeRO-3 gathers weights already cast to the compute dtype
+    platform: str = ""  # the platform the step is compiled for (a TPU slice may be compiled on a CPU host)
 
     @property
     def gathers_params(self) -> bool:
@@ -66,6 +67,13 @@ def active_layout(layout: Layout):
 def current_layout() -> Layout | None:
     """The layout of the sharded function being traced, or None."""
     return _ACTIVE.get()
+
+
+def target_platform() -> str:
+    """The platform the function being traced is compiled for: the active layout's mesh (a TPU topology
+    compiled on a CPU host says tpu), else JAX's default backend."""
+    layout = _ACTIVE.get()
+    return layout.platform if layout is not None and layout.platform else jax.default_backend()
 
 
 def enter_split(x: jax.Array, *logical: str) -> jax.Array:
@@ -128,20 +136,23 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, vocab_size: int) -> jax
     layout = _ACTIVE.get()
     axes = layout.mesh_axes("vocab") if layout else ()
     rows = logits.shape[-1]
+    valid = (targets >= 0) & (targets < vocab_size)
+    if not axes:  # the whole vocabulary here: a gather of the target's logit (its gradient a scatter, not a select)
+        if rows > vocab_size:
+            logits = jnp.where(jnp.arange(rows) < vocab_size, logits, -jnp.inf)
+        target_logit = jnp.take_along_axis(logits, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
+        loss = jax.nn.logsumexp(logits, axis=-1) - target_logit
+        return jnp.where(valid, loss, jnp.nan)
     ids = vocab_offset(rows) + jnp.arange(rows)
     logits = jnp.where(ids < vocab_size, logits, -jnp.inf)
     local_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-    top = jax.lax.pmax(local_max, axes) if axes else local_max
-    shifted = logits - top
-    sum_exp = jnp.sum(jnp.exp(shifted), axis=-1)
-    target_logit = jnp.sum(jnp.where(ids == targets[..., None], shifted, 0.0), axis=-1)
-    if axes:
-        sum_exp = jax.lax.psum(sum_exp, axes)
-        target_logit = jax.lax.psum(target_logit, axes)
+    shifted = logits - jax.lax.pmax(local_max, axes)
+    sum_exp = jax.lax.psum(jnp.sum(jnp.exp(shifted), axis=-1), axes)
+    target_logit = jax.lax.psum(jnp.sum(jnp.where(ids == targets[..., None], shifted, 0.0), axis=-1), axes)
     loss = jnp.log(sum_exp) - target_logit
     # a target outside the vocabulary is corrupt data: a NaN makes the step count as bad (skipped)
     # instead of training silently on it
-    return jnp.where((targets >= 0) & (targets < vocab_size), loss, jnp.nan)
+    return jnp.where(valid, loss, jnp.nan)
 
 
 def data_index() -> jax.Array | int:

@@ -1,5 +1,7 @@
 """The transformer itself: causality, KV cache, GQA, RoPE, counts, switches, overfitting."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -225,3 +227,37 @@ def test_a_small_model_overfits_a_fixed_batch():
         params, opt, loss = step(params, opt)
         first = float(loss) if first is None else first
     assert first > 5.5 and float(loss) < 0.1
+
+
+@pytest.mark.parametrize("seq,heads,kv_heads", [(128, 4, 4), (256, 8, 2), (192, 4, 1)])
+def test_blocked_causal_attention_equals_the_whole_causal_kernel(seq, heads, kv_heads):
+    # the CPU's query blocks (2-4, the fully masked upper triangle skipped) against jax's causal kernel over
+    # the whole T x T square, values and gradients, multi-head, grouped-query and multi-query
+    from meshtron.model.attention import causal_attention, query_blocks
+
+    assert query_blocks(seq, None) == {128: 2, 256: 4, 192: 3}[seq]
+    keys = jax.random.split(jax.random.key(seq), 4)
+    q = jax.random.normal(keys[0], (2, seq, heads, 16))
+    k, v = (jax.random.normal(key, (2, seq, kv_heads, 16)) for key in keys[1:3])
+    probe = jax.random.normal(keys[3], (2, seq, heads, 16))
+
+    def loss(attend, q, k, v):
+        return jnp.sum(attend(q, k, v) * probe)
+
+    whole = partial(jax.nn.dot_product_attention, is_causal=True)
+    blocked = partial(causal_attention, scale=None, implementation=None)
+    np.testing.assert_allclose(blocked(q, k, v), whole(q, k, v), atol=1e-5)
+    for g_blocked, g_whole in zip(jax.grad(partial(loss, blocked), argnums=(0, 1, 2))(q, k, v),
+                                  jax.grad(partial(loss, whole), argnums=(0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(g_blocked, g_whole, atol=1e-4)
+
+
+def test_query_blocks_only_for_the_cpu_auto_kernel():
+    from meshtron.model.attention import query_blocks
+    from meshtron.parallel import spmd
+
+    assert query_blocks(64, None) == 1  # one block of 64 queries: nothing to skip
+    assert query_blocks(2048, None) == 4
+    assert query_blocks(2048, "xla") == 1  # a kernel asked for by name runs as asked
+    with spmd.active_layout(spmd.Layout(platform="tpu")):  # a TPU step compiled on a CPU host
+        assert query_blocks(2048, None) == 1

@@ -72,7 +72,7 @@ class Training:
     def layout(self) -> spmd.Layout:
         """What the model's collectives need to know while the step is traced."""
         return spmd.Layout(params=self.rules.params, compute=self.rules.compute, data_axes=self.batch_axes,
-                           gather_dtype=compute_dtype(self.config.model))
+                           gather_dtype=compute_dtype(self.config.model), platform=self.mesh.devices.flat[0].platform)
 
     # -- state ---------------------------------------------------------------------------
     def init_params(self):
