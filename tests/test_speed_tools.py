@@ -40,3 +40,18 @@ def test_step_cost_compares_both_compiled_steps_and_their_arithmetic_agrees():
         assert c["gflops"] > 0 and c["gb_accessed"] > 0 and c["temp_mb"] > 0 and c["copies"] >= 0
     # the same model, the same arithmetic: XLA's FLOP counts of two independently written steps agree
     assert ours["gflops"] == pytest.approx(theirs["gflops"], rel=0.05)
+
+
+def test_step_cost_by_source_counts_each_operations_bytes_once():
+    import jax
+    import jax.numpy as jnp
+
+    from meshtron.tools.step_cost import by_source, bytes_by_source
+
+    # one elementwise fusion over 1,024 float32 values: 4 KiB read, 4 KiB written, nothing else
+    compiled = jax.jit(lambda x: jnp.sin(x) * 2.0).lower(jnp.ones(1024, jnp.float32)).compile()
+    assert sum(bytes_by_source(compiled).values()) == 8192
+    result = by_source("micro")
+    for side in (result["meshtron"], result["baseline"]):
+        assert any(k.startswith("backward:") for k in side) and any(k.startswith("forward:") for k in side)
+        assert all(v > 0 for v in side.values())

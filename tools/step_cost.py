@@ -4,6 +4,12 @@ transposes in the optimised program: where two steps do the same arithmetic, the
 most of a difference in speed on a CPU (see BENCHMARKS.md).
 
     python -m meshtron.tools.step_cost --shape gpt2-8l
+    python -m meshtron.tools.step_cost --shape tiny --by-source   # where the bytes go, by source operation
+
+`--by-source` adds up, for every top-level operation of each optimised program other than the matmuls, the
+bytes it reads and writes, grouped by the JAX operation it came from (its `op_name`, forward or backward),
+and prints the groups where the two steps differ most. Unlike a profile it is exact and does not depend on
+how busy the machine is.
 """
 
 from __future__ import annotations
@@ -52,6 +58,69 @@ def cost(compiled) -> dict:
             "copies": len(re.findall(r"= \S+ copy\(", text)), "transposes": len(re.findall(r"transpose\(", text))}
 
 
+_ITEM_BYTES = {"f64": 8, "s64": 8, "u64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2, "s16": 2,
+               "u16": 2, "s8": 1, "u8": 1, "pred": 1}
+_FREE = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast"}
+
+
+def _shape_bytes(shape: str) -> int:
+    total = 0
+    for dtype, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", shape):
+        n = 1
+        for dim in filter(None, dims.split(",")):
+            n *= int(dim)
+        total += n * _ITEM_BYTES.get(dtype, 0)
+    return total
+
+
+def _source(op_name: str) -> str:
+    """`jit(train_step)/transpose(jvp())/closed_call/jit(silu)` -> `backward: jit(silu)`: the direction, then the
+    operation's path without autodiff's wrappers and the layer loop's `closed_call`, so that two programs'
+    sources compare."""
+    name = re.sub(r"^jit\([^)]*\)/", "", op_name)
+    direction = "backward" if name.startswith("transpose(") else "forward" if name.startswith("jvp(") else "other"
+    name = re.sub(r"(transpose\(|jvp\(|closed_call/?|vmap\()", "", name)
+    kept, depth = [], 0
+    for ch in name:  # drop the closing brackets of the wrappers just removed
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            if not depth:
+                continue
+            depth -= 1
+        kept.append(ch)
+    return f"{direction}: {''.join(kept).strip('/') or '(top)'}"
+
+
+def bytes_by_source(compiled) -> dict[str, int]:
+    """Bytes read and written by each top-level non-matmul operation of the entry computation, summed by the
+    JAX operation they came from."""
+    text = compiled.as_text()
+    entry = text[text.index("ENTRY"):].split("\n}\n")[0].splitlines()[1:]
+    shapes: dict[str, str] = {}
+    out: dict[str, int] = {}
+    for line in entry:
+        m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([a-z][\w\-]*)\((.*?)\)(.*)", line)
+        if not m:
+            continue
+        name, shape, op, args, rest = m.groups()
+        shapes[name] = shape
+        if op in _FREE or name.startswith(("ynn_fusion", "dot")) or op == "dot":
+            continue
+        read = sum(_shape_bytes(shapes.get(a.strip().lstrip("%"), "")) for a in args.split(","))
+        op_name = re.search(r'op_name="([^"]*)"', rest)
+        key = _source(op_name.group(1)) if op_name else "(no source)"
+        out[key] = out.get(key, 0) + read + _shape_bytes(shape)
+    return out
+
+
+def by_source(shape: str) -> dict:
+    from meshtron.tools import peers
+
+    d = peers._dims(shape)
+    return {"shape": shape, "meshtron": bytes_by_source(_meshtron(d)), "baseline": bytes_by_source(_baseline(d))}
+
+
 def compare(shape: str) -> dict:
     from meshtron.tools import peers
 
@@ -64,8 +133,13 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="gpt2-4l", choices=sorted(peers.SHAPES))
+    ap.add_argument("--by-source", action="store_true",
+                    help="bytes moved outside the matmuls, by the JAX operation they came from")
+    ap.add_argument("--top", type=int, default=15, help="with --by-source: rows to print")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    if a.by_source:
+        return _print_by_source(by_source(a.shape), a.top, a.json)
     result = compare(a.shape)
     if a.json:
         print(json.dumps(result))
@@ -76,6 +150,24 @@ def main(argv=None) -> int:
         c = result[name]
         print(f"| {name} | {c['gflops']:.1f} | {c['gb_accessed']:.2f} | {c['temp_mb']:.0f} | {c['copies']} | "
               f"{c['transposes']} |")
+    return 0
+
+
+
+
+def _print_by_source(result: dict, top: int, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(result))
+        return 0
+    mine, theirs = result["meshtron"], result["baseline"]
+    print(f"{result['shape']}: bytes read and written outside the matmuls, MB (Meshtron {sum(mine.values()) / 1e6:,.0f}, "
+          f"baseline {sum(theirs.values()) / 1e6:,.0f})")
+    print("| source operation (where the two steps differ most) | Meshtron MB | baseline MB | difference |")
+    print("| --- | ---: | ---: | ---: |")
+    keys = sorted(set(mine) | set(theirs), key=lambda k: -abs(mine.get(k, 0) - theirs.get(k, 0)))
+    for key in keys[:top]:
+        a, b = mine.get(key, 0) / 1e6, theirs.get(key, 0) / 1e6
+        print(f"| {key} | {a:,.1f} | {b:,.1f} | {a - b:+,.1f} |")
     return 0
 
 
