@@ -125,3 +125,13 @@ def test_big_presets_plan_from_formulas_without_compiling(meshtron_cli, monkeypa
 def test_errors_are_one_line(meshtron_cli, argv, words):
     code, _, err = meshtron_cli("plan", *argv)
     assert code == 2 and words in err and err.count("\n") == 1
+
+
+def test_a_tpu_plan_holds_libtpus_third_float32_score_buffer():
+    # libtpu's buffer assignment keeps three float32 (heads x s x s) buffers in a block's backward pass where
+    # XLA:CPU keeps two: a plan for a TPU slice made on this CPU counts three (BENCHMARKS.md, real scale)
+    config = load_config("llama-7b", ["train.batch_size=8", "parallel.tensor=4", "model.remat=full"])
+    cpu, tpu = make_plan(config, 4, platform="cpu"), make_plan(config, 4, platform="tpu")
+    one_copy = 4 * (32 // 4) * 2048 * 2048 * 8  # float32, 8 local heads, seq 2048, micro-batch 8
+    assert tpu.temporary_bytes - cpu.temporary_bytes == one_copy
+    assert make_plan(config, 4).temporary_bytes == cpu.temporary_bytes  # default: this machine's platform

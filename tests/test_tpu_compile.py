@@ -83,7 +83,7 @@ def test_every_suggested_layout_fits_and_its_overrides_rebuild_its_plan():
     assert [c.step_seconds for c in candidates] == sorted(c.step_seconds for c in candidates)
     best = candidates[0]
     rebuilt = tpu_config(load_config("llama-7b", ["train.batch_size=16"] + changed_overrides(config, best)))
-    assert make_plan(rebuilt, topology.chips).total_bytes == best.plan.total_bytes
+    assert make_plan(rebuilt, topology.chips, platform="tpu").total_bytes == best.plan.total_bytes
 
 
 @needs_libtpu

@@ -97,12 +97,13 @@ def _print(report: dict, lines: list[str], as_json: bool) -> int:
 
 
 # -- a config --------------------------------------------------------------------------------------------
-def _config_report(config, n_devices: int, precision: str, memory: float | None, compile_step: bool) -> dict:
+def _config_report(config, n_devices: int, precision: str, memory: float | None, compile_step: bool,
+                   platform: str | None = None) -> dict:
     from meshtron.train.planner.plan import make_plan, params_total, suggest
     from meshtron.parallel.rules import describe
 
     try:
-        plan = make_plan(config, n_devices, precision)
+        plan = make_plan(config, n_devices, precision, platform)
     except ConfigError as e:
         raise ConfigError(f"{e}; or plan for another device count with --devices N") from None
     compiled = None
@@ -130,7 +131,7 @@ def _config_report(config, n_devices: int, precision: str, memory: float | None,
     }
     report.update(_fit(plan.total_bytes, memory))
     if report["fits"] is False:
-        found = suggest(config, n_devices, memory, precision)
+        found = suggest(config, n_devices, memory, precision, platform)
         report["suggestion"] = None if found is None else {
             "overrides": list(found.overrides), "description": found.description,
             "total_bytes": found.plan.total_bytes, "formula": _plan_figures(found.plan)}

@@ -63,7 +63,8 @@ def _topology_report(config, topology, precision: str, compile_step: bool) -> di
     from meshtron.tools.plan_command import _config_report
 
     try:
-        report = _config_report(config, topology.chips, precision, float(topology.hbm_bytes), False)
+        report = _config_report(config, topology.chips, precision, float(topology.hbm_bytes), False,
+                                topology.planner_platform)
     except ConfigError as e:  # _config_report's advice about --devices does not apply to a slice
         raise ConfigError(str(e).split("; or plan for another device count")[0]) from None
     chip = topology.chip

@@ -95,7 +95,7 @@ def search(config: Config, topology: Topology, seq_len: int | None = None, batch
             overrides = _across_slices(overrides, topology)
         try:
             changed = config_from_dict(as_dict, list(overrides))
-            plan = make_plan(changed, topology.chips)
+            plan = make_plan(changed, topology.chips, platform=topology.planner_platform)
         except ConfigError:  # heads, batch or width do not divide: not a layout
             continue
         if plan.total_bytes <= topology.hbm_bytes * memory_fraction:

@@ -14,6 +14,8 @@ import itertools
 import math
 from dataclasses import dataclass
 
+import jax
+
 from meshtron.configs.errors import ConfigError
 from meshtron.configs.loader import config_from_dict, config_to_dict
 from meshtron.configs.schema import Config
@@ -135,8 +137,10 @@ def micro_batch_size(config: Config, shape: MeshShape) -> int:
     return config.train.batch_size // shape.batch_shards // config.train.grad_accum // micro
 
 
-def make_plan(config: Config, n_devices: int, precision: str = "config") -> Plan:
-    """Plan `config` on `n_devices` devices (they need not exist); ConfigError if the mesh is impossible."""
+def make_plan(config: Config, n_devices: int, precision: str = "config", platform: str | None = None) -> Plan:
+    """Plan `config` on `n_devices` devices (they need not exist) of `platform` (cpu, gpu, tpu; default: this
+    machine's); ConfigError if the mesh is impossible."""
+    platform = platform or jax.default_backend()
     shape = resolve_mesh_shape(config, n_devices)
     m, t = config.model, config.train
     vocab_rows = m.padded_vocab(shape.tensor)
@@ -153,7 +157,7 @@ def make_plan(config: Config, n_devices: int, precision: str = "config") -> Plan
             + formulas.tensor_axis_terms(share_model, micro, passes, shape.tensor, prec.activation_bytes)
             + stage_axis_terms(params, config, shape, rules, micro, prec.activation_bytes, figures))
     gathered = formulas.gathered_weight_bytes(params, rules, degrees, m, prec)
-    working = (temporaries.block_working_bytes(m, micro, shape.tensor, prec.activation_bytes)
+    working = (temporaries.block_working_bytes(m, micro, shape.tensor, prec.activation_bytes, platform)
                + temporaries.logits_gradient_bytes(m, micro, shape.tensor, vocab_rows)
                + temporaries.gathered_gradient_bytes(gathered)
                + temporaries.outside_working_bytes(m, micro, shape.tensor, vocab_rows, prec.activation_bytes))
@@ -249,14 +253,15 @@ def _cost(choice) -> tuple:
     return sum(1 for s in steps if s), sum(steps), tuple(reversed(steps))
 
 
-def suggest(config: Config, n_devices: int, device_memory_bytes: float, precision: str = "config") -> Suggestion | None:
+def suggest(config: Config, n_devices: int, device_memory_bytes: float, precision: str = "config",
+            platform: str | None = None) -> Suggestion | None:
     """The layout that fits `device_memory_bytes` with the least change (see _cost), planned with the same
     formulas; None if nothing within reach fits or nothing needs to change."""
     as_dict = config_to_dict(config)
     for choice in sorted(_choices(config, n_devices), key=_cost):
         try:  # the overrides applied exactly as the command line would apply them
             changed = config_from_dict(as_dict, [o for c in choice for o in c[1]])
-            plan = make_plan(changed, n_devices, precision)
+            plan = make_plan(changed, n_devices, precision, platform)
         except ConfigError:  # an impossible layout (heads, batch or width do not divide)
             continue
         if plan.total_bytes <= device_memory_bytes:

@@ -33,7 +33,16 @@ from meshtron.train.planner.stacks import (Stack, memory_gradient_elements, mode
                                          relative_bias_elements)
 
 SCORE_BYTES = 4  # attention logits and softmax are float32 whatever the compute dtype
-SCORE_COPIES = 2  # the scores and their gradient, alive together in a block's backward pass
+# float32 (heads x s x s) buffers alive together in a block's backward pass: libtpu's buffer assignment keeps the
+# scores, the softmax's gradient and the scores' gradient (llama-7b, v5p-8, tensor 4: three f32[8, 8, 2048, 2048]);
+# XLA:CPU reuses one of them, keeping two. GPUs follow the TPU figure until a GPU compile says otherwise.
+SCORE_COPIES = {"cpu": 2}
+SCORE_COPIES_ELSEWHERE = 3
+
+
+def score_copies(platform: str) -> int:
+    """float32 attention-score buffers a block's backward pass holds at once on `platform`."""
+    return SCORE_COPIES.get(platform, SCORE_COPIES_ELSEWHERE)
 
 
 def compute_copy_bytes(params, rules: Rules, degrees: dict, precision: Precision) -> int:
@@ -65,14 +74,17 @@ def kept_bytes_per_layer(model: ModelConfig, micro_batch: int, tensor: int, acti
             + norms * SCORE_BYTES * s * b * model.d_model)
 
 
-def block_working_bytes(model: ModelConfig, micro_batch: int, tensor: int, activation_bytes: int) -> int:
+def block_working_bytes(model: ModelConfig, micro_batch: int, tensor: int, activation_bytes: int,
+                        platform: str = "tpu") -> int:
     """One block's backward pass (the largest of the model's stacks): its recomputed activations under
-    remat, and float32 attention scores with their gradient (self- or cross-attention, one at a time)."""
+    remat, and float32 attention scores with their gradients (self- or cross-attention, one at a time)."""
+    copies = score_copies(platform)
+
     def working(stack: Stack) -> int:
         recomputed = (activation_bytes_per_layer(model, micro_batch, tensor, activation_bytes, "none", stack)
                       - activation_bytes_per_layer(model, micro_batch, tensor, activation_bytes, stack=stack))
         keys = max(stack.tokens, stack.memory)
-        return recomputed + SCORE_COPIES * SCORE_BYTES * (model.n_heads // tensor) * stack.tokens * keys * micro_batch
+        return recomputed + copies * SCORE_BYTES * (model.n_heads // tensor) * stack.tokens * keys * micro_batch
 
     return max(working(stack) for stack in model_stacks(model))
 

@@ -89,6 +89,11 @@ class Topology:
     slices: int = 1
 
     @property
+    def planner_platform(self) -> str:
+        """The platform the planner's formulas take XLA's choices from: tpu, or gpu for a CUDA target."""
+        return "gpu" if self.chip.platform == "cuda" else "tpu"
+
+    @property
     def chips_per_slice(self) -> int:
         """Chips in one slice (the product of the torus dimensions)."""
         return math.prod(self.shape)
