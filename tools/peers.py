@@ -92,7 +92,8 @@ def _torch(d: dict, compiled: bool):
     if d["family"] == "gpt2":
         config = transformers.GPT2Config(n_layer=d["n_layers"], n_embd=d["d_model"], n_head=d["n_heads"],
                                          n_inner=d["d_ff"], vocab_size=d["vocab"], n_positions=d["seq_len"],
-                                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                         bos_token_id=0, eos_token_id=0)  # GPT-2's 50256 is outside these vocabularies
         model = transformers.GPT2LMHeadModel(config)
     else:
         config = transformers.LlamaConfig(num_hidden_layers=d["n_layers"], hidden_size=d["d_model"],
