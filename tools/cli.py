@@ -15,7 +15,7 @@ import sys
 from meshtron.configs.errors import UserError, one_line
 
 COMMANDS = {
-    "train": ("meshtron.tools.train_command", "train a model (default: the tiny preset on the Python stdlib)"),
+    "train": ("meshtron.tools.train_command", "train a model (default: the quickstart preset on the Python stdlib)"),
     "generate": ("meshtron.tools.generate_command", "sample text from a run directory (or answer an --input)"),
     "fill": ("meshtron.tools.fill_command", "predict the [MASK] tokens of a text with an encoder run"),
     "export": ("meshtron.tools.export_command", "write a run as a Hugging Face or safetensors directory"),
