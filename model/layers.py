@@ -15,6 +15,7 @@ from flax import nnx
 
 from meshtron.configs.schema import ModelConfig
 from meshtron.model import mup
+from meshtron.parallel.spmd import target_platform
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -31,12 +32,13 @@ CPU_UNROLL_UP_TO = 8  # layers: XLA:CPU runs an unrolled stack of up to this man
 
 def scan_unroll(cfg: ModelConfig) -> int:
     """Layers per iteration of the layer scan. `auto` (0): the whole stack when it has at most CPU_UNROLL_UP_TO
-    layers on CPU (no loop, weight slices and gradient updates fused across layers, about 8% less work there);
-    one layer elsewhere (GPU/TPU keep the rolled loop: compile time independent of depth, same speed), and
-    under remat or ZeRO-3 (model/transformer.py), where the loop bounds the memory."""
+    layers and the step is compiled for a CPU (no loop, weight slices and gradient updates fused across layers,
+    about 8% less work there); one layer elsewhere, a TPU slice compiled on a CPU host included (GPU/TPU keep
+    the rolled loop: compile time independent of depth, same speed), and under remat or ZeRO-3
+    (model/transformer.py), where the loop bounds the memory."""
     if cfg.scan_unroll:
         return min(cfg.scan_unroll, cfg.n_layers)
-    if jax.default_backend() == "cpu" and cfg.n_layers <= CPU_UNROLL_UP_TO:
+    if target_platform() == "cpu" and cfg.n_layers <= CPU_UNROLL_UP_TO:
         return cfg.n_layers
     return 1
 

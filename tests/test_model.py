@@ -261,3 +261,13 @@ def test_query_blocks_only_for_the_cpu_auto_kernel():
     assert query_blocks(2048, "xla") == 1  # a kernel asked for by name runs as asked
     with spmd.active_layout(spmd.Layout(platform="tpu")):  # a TPU step compiled on a CPU host
         assert query_blocks(2048, None) == 1
+
+
+def test_layer_scan_unrolls_only_for_a_cpu_step():
+    from meshtron.model.layers import scan_unroll
+    from meshtron.parallel import spmd
+
+    cfg = load_config("tiny", TINY).model  # 2 layers, scan_unroll auto
+    assert scan_unroll(cfg) == cfg.n_layers
+    with spmd.active_layout(spmd.Layout(platform="tpu")):  # a TPU step compiled on a CPU host keeps the loop
+        assert scan_unroll(cfg) == 1
