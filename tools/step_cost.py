@@ -58,19 +58,7 @@ def cost(compiled) -> dict:
             "copies": len(re.findall(r"= \S+ copy\(", text)), "transposes": len(re.findall(r"transpose\(", text))}
 
 
-_ITEM_BYTES = {"f64": 8, "s64": 8, "u64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2, "s16": 2,
-               "u16": 2, "s8": 1, "u8": 1, "pred": 1}
 _FREE = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast"}
-
-
-def _shape_bytes(shape: str) -> int:
-    total = 0
-    for dtype, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", shape):
-        n = 1
-        for dim in filter(None, dims.split(",")):
-            n *= int(dim)
-        total += n * _ITEM_BYTES.get(dtype, 0)
-    return total
 
 
 def _source(op_name: str) -> str:
@@ -95,6 +83,8 @@ def _source(op_name: str) -> str:
 def bytes_by_source(compiled) -> dict[str, int]:
     """Bytes read and written by each top-level non-matmul operation of the entry computation, summed by the
     JAX operation they came from."""
+    from meshtron.train.planner.hlo import shape_bytes
+
     text = compiled.as_text()
     entry = text[text.index("ENTRY"):].split("\n}\n")[0].splitlines()[1:]
     shapes: dict[str, str] = {}
@@ -107,10 +97,10 @@ def bytes_by_source(compiled) -> dict[str, int]:
         shapes[name] = shape
         if op in _FREE or name.startswith(("ynn_fusion", "dot")) or op == "dot":
             continue
-        read = sum(_shape_bytes(shapes.get(a.strip().lstrip("%"), "")) for a in args.split(","))
+        read = sum(shape_bytes(shapes.get(a.strip().lstrip("%"), "")) for a in args.split(","))
         op_name = re.search(r'op_name="([^"]*)"', rest)
         key = _source(op_name.group(1)) if op_name else "(no source)"
-        out[key] = out.get(key, 0) + read + _shape_bytes(shape)
+        out[key] = out.get(key, 0) + read + shape_bytes(shape)
     return out
 
 

@@ -99,10 +99,10 @@ def write_hub_tokenizer(tokenizer, out_dir: Path, model_max_length: int, objecti
                         vocab_size: int) -> list[Path]:
     """tokenizer.json, tokenizer_config.json and special_tokens_map.json of an mlm or span_corruption run whose
     tokenizer is a Hugging Face tokenizer.json (`tokenizer`: train/data/tokenizer.py's Tokenizer)."""
-    from meshtron.train.hf.tokenizer import _write_tokenizer_config
+    from meshtron.train.hf.tokenizer import write_tokenizer_config
 
     exported = hub_tokenizer_json(tokenizer.path, objective, vocab_size, tokenizer.bos_id, tokenizer.eos_id)
     path = Path(out_dir) / "tokenizer.json"
     exported.save(str(path))
     names = special_names(tokenizer, exported, objective, vocab_size)
-    return [path, *_write_tokenizer_config(out_dir, names, model_max_length, objective)]
+    return [path, *write_tokenizer_config(out_dir, names, model_max_length, objective)]

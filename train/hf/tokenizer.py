@@ -169,7 +169,7 @@ def write_hf_tokenizer(sp_model_path: Path, out_dir: Path, model_max_length: int
     if framed and objective == "span_corruption":
         sentinels = special_tokens.reserved_tokens(objective, vocab_size)
         special["additional_special_tokens"] = [sentinels[i] for i in sorted(sentinels, reverse=True)]
-    written = _write_tokenizer_config(out_dir, special, model_max_length, objective if framed else None)
+    written = write_tokenizer_config(out_dir, special, model_max_length, objective if framed else None)
     return [tokenizer_path, *written]
 
 
@@ -189,12 +189,14 @@ def write_tokenizer(tokenizer: Tokenizer, out_dir: Path, model_max_length: int, 
         shutil.copyfile(tokenizer.path, out_dir / "tokenizer.model")
         return [*written, out_dir / "tokenizer.model"]
     shutil.copyfile(tokenizer.path, out_dir / "tokenizer.json")
-    return [out_dir / "tokenizer.json", *_write_tokenizer_config(out_dir, tokenizer.special_tokens(),
-                                                                 model_max_length)]
+    return [out_dir / "tokenizer.json", *write_tokenizer_config(out_dir, tokenizer.special_tokens(),
+                                                                model_max_length)]
 
 
-def _write_tokenizer_config(out_dir: Path, special: dict, model_max_length: int,
-                            framed_objective: str | None = None) -> list[Path]:
+def write_tokenizer_config(out_dir: Path, special: dict, model_max_length: int,
+                           framed_objective: str | None = None) -> list[Path]:
+    """tokenizer_config.json and special_tokens_map.json naming `special`'s tokens (for a framed objective, with
+    its special-token behaviour); used by the SentencePiece and the hub tokenizer.json exports alike."""
     special = {k: v for k, v in special.items() if v is not None}
     if framed_objective is None:
         behaviour = {

@@ -144,10 +144,12 @@ def model_state_bytes(params, opt_state, rules: Rules, degrees: dict, precision:
 
 
 def stack_layers(model: ModelConfig) -> dict[str, int]:
-    """Blocks in each stack of the model, by the name its parameters live under."""
-    if model.arch != "encoder_decoder":
-        return {"blocks": model.n_layers}
-    return {"encoder_blocks": model.n_layers, "decoder_blocks": model.n_decoder_layers or model.n_layers}
+    """Blocks in each stack of the model (model_stacks), by the name its parameters live under: `blocks` for a
+    decoder's or encoder's one stack, `encoder_blocks` and `decoder_blocks` for an encoder-decoder's."""
+    stacks = model_stacks(model)
+    if len(stacks) == 1:
+        return {"blocks": stacks[0].layers}
+    return {f"{s.name}_blocks": s.layers for s in stacks}
 
 
 def gathered_weight_bytes(params, rules: Rules, degrees: dict, model: ModelConfig, precision: Precision) -> int:

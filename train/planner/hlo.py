@@ -133,6 +133,11 @@ def _elements(dims: str) -> int:
     return int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
 
 
+def shape_bytes(hlo_type: str) -> int:
+    """Bytes of every array in an HLO type: one array, or a tuple of them ("(f32[8,64]{1,0}, s32[])")."""
+    return sum(_elements(dims) * _BYTES[t] for t, dims in _SHAPE.findall(hlo_type))
+
+
 def collectives(hlo_text: str, mesh_shape: dict[str, int]) -> list[Collective]:
     """Every collective in an optimised HLO module, with how often it runs per step."""
     n_devices = int(np.prod(list(mesh_shape.values())))
